@@ -1,0 +1,44 @@
+# Run `make help` for the list of targets. Every target sets up what it needs first.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: help setup export run run-embedder test test-fast bench lint format golden clean
+
+help: ## List the targets with one line each
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+setup: ## Create .venv, install everything, export the encoder (idempotent)
+	@bash scripts/setup.sh
+
+export: setup ## Re-export the encoder SavedModel even if present
+	$(PY) scripts/export_embedder.py --force
+
+run: setup run-embedder ## Set up, then serve on embedded defaults (foreground)
+
+run-embedder: ## Serve the embedder under gunicorn on DC_EMBEDDER_HOST:DC_EMBEDDER_PORT
+	$(VENV)/bin/gunicorn -c embedder/gunicorn.conf.py
+
+test: setup ## Set up, then run the whole test suite (what CI runs)
+	$(PY) -m pytest
+
+test-fast: ## Run the tests that start no server
+	$(PY) -m pytest -m "not slow"
+
+bench: setup ## Measure the encoder and the embedder service; writes bench/results/
+	$(PY) bench/bench_embedder.py
+
+lint: ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+golden: ## (dev only) regenerate tests/golden/ with sentence-transformers in .venv-golden
+	.venv-golden/bin/python scripts/make_golden_vectors.py
+
+clean: ## Remove generated state (var/) and caches, keep .venv
+	rm -rf var .pytest_cache .ruff_cache

@@ -1,0 +1,128 @@
+"""One typed settings object for every service and script, read from the environment once.
+
+Every variable is `DC_<FIELD NAME IN CAPITALS>`; the README's settings table documents each one
+with its default and what it trades off. Tests build `Settings(...)` explicitly and pass it on.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VAR_DIR = REPO_ROOT / "var"
+
+
+class Settings(BaseSettings):
+    """All configuration, with defaults that run the whole product on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix="DC_", extra="ignore", frozen=True)
+
+    # --- logging ---------------------------------------------------------------------------
+    log_level: str = Field("INFO", description="Python logging level for services and scripts.")
+
+    # --- the encoder -----------------------------------------------------------------------
+    embedder_handle: str = Field(
+        str(VAR_DIR / "embedder" / "all-minilm-l6-v2"),
+        description="TF-Hub-style SavedModel handle (a folder, or a hub URL where a network "
+        "exists) of the sentence encoder. `make export` builds the default one.",
+    )
+    tf_intra_op_threads: int = Field(
+        0, ge=0, description="TensorFlow intra-op threads; 0 lets TensorFlow use every core."
+    )
+    tf_inter_op_threads: int = Field(
+        0, ge=0, description="TensorFlow inter-op threads; 0 lets TensorFlow decide."
+    )
+
+    # --- the embedding engine: cache, micro-batching, limits ------------------------------------
+    cache_size: int = Field(
+        50_000,
+        ge=0,
+        description="LRU phrase-cache entries (about 1.6 KB each at 384 dimensions); 0 disables.",
+    )
+    max_batch_size: int = Field(
+        32, ge=1, description="Largest micro-batch sent to the encoder at once."
+    )
+    max_queue: int = Field(
+        1024,
+        ge=1,
+        description="Distinct texts waiting for the encoder; beyond it requests get 429 at once.",
+    )
+    max_texts_per_request: int = Field(
+        256, ge=1, description="Most texts accepted in one /embed request (more: 413)."
+    )
+    max_text_chars: int = Field(
+        2000, ge=1, description="Longest text accepted, in characters (longer: 422)."
+    )
+    retry_after_s: int = Field(
+        1, ge=1, description="Retry-After seconds sent with 429 and 503 answers."
+    )
+
+    # --- the embedder service (embedder/) ---------------------------------------------------
+    embedder_host: str = Field("127.0.0.1", description="Address the embedder service binds to.")
+    embedder_port: int = Field(8501, ge=1, le=65535, description="Port of the embedder service.")
+    embedder_workers: int = Field(
+        1,
+        ge=1,
+        description="gunicorn workers of the embedder. One process owns the model and batches "
+        "across all requests; more workers multiply memory (~0.8 GB each) and split batches.",
+    )
+    embedder_threads: int = Field(
+        32, ge=1, description="Threads per embedder worker: the most requests in flight at once."
+    )
+    embedder_timeout_s: int = Field(
+        120, ge=1, description="gunicorn worker timeout (covers TensorFlow start-up too)."
+    )
+
+    # --- the client (dc.nlp.embeddings) ----------------------------------------------------------
+    embedder_mode: Literal["local", "remote"] = Field(
+        "local",
+        description="`local`: encoder in process (one machine, tests); `remote`: HTTP to the "
+        "central embedder service at `DC_EMBEDDER_URL`.",
+    )
+    embedder_url: str = Field(
+        "http://127.0.0.1:8501", description="Base URL of the embedder service (remote mode)."
+    )
+    client_timeout_s: float = Field(
+        10.0, gt=0, description="Remote client: seconds to wait for one /embed answer."
+    )
+    client_retries: int = Field(
+        3, ge=0, description="Remote client: retries on transient failures (connect, 502-504)."
+    )
+    client_backoff_s: float = Field(
+        0.1, ge=0, description="Remote client: backoff factor between retries (doubles each time)."
+    )
+    client_pool_size: int = Field(
+        32, ge=1, description="Remote client: pooled keep-alive connections to the embedder."
+    )
+
+    @model_validator(mode="after")
+    def _request_fits_queue(self) -> Settings:
+        # A request is queued all or nothing, so a full-size request must fit in an empty queue.
+        if self.max_texts_per_request > self.max_queue:
+            raise ValueError(
+                f"DC_MAX_TEXTS_PER_REQUEST ({self.max_texts_per_request}) must not exceed "
+                f"DC_MAX_QUEUE ({self.max_queue})"
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, read from the environment on first use."""
+    return Settings()
+
+
+def settings_markdown() -> str:
+    """The README's settings table, generated from the fields above (a test keeps them in sync)."""
+    rows = ["| variable | default | what it does and trades off |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, str) and default.startswith(str(REPO_ROOT)):
+            default = default.replace(str(REPO_ROOT) + "/", "")
+        rows.append(f"| `DC_{name.upper()}` | `{default}` | {field.description} |")
+    return "\n".join(rows)

