@@ -1,0 +1,2 @@
+"""Text and embedding code: the encoder backend, its export, the phrase cache, micro-batching and
+the `Embedder` client interface."""

@@ -1,0 +1,128 @@
+"""Micro-batching logic, driven by a small deterministic encode function that records its calls.
+
+The real encoder is exercised end to end in test_embedder_service.py; here the point is the
+queueing rules, which need precise control over timing.
+"""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dc.errors import NotReady, Overloaded
+from dc.nlp.batching import MicroBatcher
+
+
+class RecordingEncoder:
+    """Maps a text to a vector derived from its characters; records each batch it is given."""
+
+    def __init__(self, delay_s=0.0, gate=None):
+        self.batches = []
+        self.delay_s = delay_s
+        self.gate = gate
+
+    def __call__(self, texts):
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.batches.append(list(texts))
+        time.sleep(self.delay_s)
+        return np.array([[len(t), sum(map(ord, t)) % 997, 1.0] for t in texts], dtype=np.float32)
+
+
+def expected(text):
+    return np.array([len(text), sum(map(ord, text)) % 997, 1.0], dtype=np.float32)
+
+
+def test_results_come_back_in_order_and_duplicates_share_one_computation():
+    encoder = RecordingEncoder()
+    batcher = MicroBatcher(encoder, max_batch_size=8, max_queue=64).start()
+    texts = ["b", "a", "b", "c", "a"]
+    results = [f.result(5) for f in batcher.submit(texts)]
+    for text, vector in zip(texts, results):
+        np.testing.assert_array_equal(vector, expected(text))
+    assert sorted(t for batch in encoder.batches for t in batch) == ["a", "b", "c"]
+    batcher.close()
+
+
+def test_concurrent_submissions_are_batched_and_bounded_by_max_batch_size():
+    gate = threading.Event()
+    encoder = RecordingEncoder(gate=gate)
+    batcher = MicroBatcher(encoder, max_batch_size=4, max_queue=64).start()
+    first = batcher.submit(["warm"])  # occupies the worker until the gate opens
+    time.sleep(0.05)
+    futures = [batcher.submit([f"text {i}"])[0] for i in range(10)]
+    gate.set()
+    for i, future in enumerate(futures):
+        np.testing.assert_array_equal(future.result(5), expected(f"text {i}"))
+    first[0].result(5)
+    sizes = [len(b) for b in encoder.batches]
+    assert sizes == [1, 4, 4, 2]  # the 10 waiting texts went in full batches, FIFO
+    batcher.close()
+
+
+def test_same_text_in_flight_is_computed_once():
+    gate = threading.Event()
+    encoder = RecordingEncoder(gate=gate)
+    batcher = MicroBatcher(encoder, max_batch_size=4, max_queue=64).start()
+    running = batcher.submit(["shared"])  # taken by the worker, blocked on the gate
+    time.sleep(0.05)
+    again = batcher.submit(["shared", "other"])
+    assert again[0] is running[0]
+    gate.set()
+    np.testing.assert_array_equal(again[0].result(5), expected("shared"))
+    again[1].result(5)
+    assert sum(b.count("shared") for b in encoder.batches) == 1
+    batcher.close()
+
+
+def test_full_queue_raises_overloaded_at_once_and_queues_nothing():
+    gate = threading.Event()
+    encoder = RecordingEncoder(gate=gate)
+    batcher = MicroBatcher(encoder, max_batch_size=2, max_queue=3, retry_after_s=2).start()
+    batcher.submit(["busy"])
+    time.sleep(0.05)
+    batcher.submit(["a", "b"])
+    assert batcher.queue_depth == 2
+    started = time.perf_counter()
+    with pytest.raises(Overloaded) as info:
+        batcher.submit(["c", "d"])  # 2 + 2 > 3: all or nothing
+    assert time.perf_counter() - started < 0.1
+    assert info.value.retry_after_s == 2
+    assert batcher.queue_depth == 2
+    batcher.submit(["a", "c"])  # "a" is already waiting, so only "c" is new: fits
+    assert batcher.queue_depth == 3
+    gate.set()
+    batcher.close()
+
+
+def test_a_failing_batch_fails_its_callers_and_the_worker_survives():
+    calls = []
+
+    def flaky(texts):
+        calls.append(texts)
+        if len(calls) == 1:
+            raise RuntimeError("encoder exploded")
+        return np.ones((len(texts), 2), dtype=np.float32)
+
+    batcher = MicroBatcher(flaky, max_batch_size=4, max_queue=8).start()
+    with pytest.raises(RuntimeError, match="exploded"):
+        batcher.submit(["x"])[0].result(5)
+    np.testing.assert_array_equal(batcher.submit(["y"])[0].result(5), [1, 1])
+    batcher.close()
+
+
+def test_close_fails_waiting_texts_and_refuses_new_ones():
+    gate = threading.Event()
+    batcher = MicroBatcher(RecordingEncoder(gate=gate), max_batch_size=1, max_queue=8).start()
+    batcher.submit(["running"])
+    time.sleep(0.05)
+    waiting = batcher.submit(["waiting"])[0]
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    with pytest.raises(NotReady):
+        waiting.result(5)
+    gate.set()
+    closer.join(5)
+    with pytest.raises(NotReady):
+        batcher.submit(["late"])
