@@ -39,7 +39,7 @@ def test_results_come_back_in_order_and_duplicates_share_one_computation():
     batcher = MicroBatcher(encoder, max_batch_size=8, max_queue=64).start()
     texts = ["b", "a", "b", "c", "a"]
     results = [f.result(5) for f in batcher.submit(texts)]
-    for text, vector in zip(texts, results):
+    for text, vector in zip(texts, results, strict=True):
         np.testing.assert_array_equal(vector, expected(text))
     assert sorted(t for batch in encoder.batches for t in batch) == ["a", "b", "c"]
     batcher.close()

@@ -1,4 +1,4 @@
-"""The LRU phrase cache in front of the encoder: short phrases repeat, so this is the speed lever."""
+"""The LRU phrase cache in front of the encoder: phrases repeat, so this is the speed lever."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ class PhraseCache:
         for row in rows:
             row.setflags(write=False)
         with self._lock:
-            for text, row in zip(texts, rows):
+            for text, row in zip(texts, rows, strict=True):
                 self._lru[(fingerprint, text)] = row
 
     def clear(self) -> None:

@@ -7,7 +7,9 @@ from typing import Any
 from dc.errors import InvalidInput, TooLarge
 
 
-def validate_texts(payload: Any, *, max_texts: int, max_chars: int, field: str = "texts") -> list[str]:
+def validate_texts(
+    payload: Any, *, max_texts: int, max_chars: int, field: str = "texts"
+) -> list[str]:
     """Check a decoded JSON body of the form {"texts": [str, ...]} and return the texts.
 
     Empty and whitespace-only strings are valid inputs for the embedder (they have a
@@ -47,7 +49,13 @@ def validate_texts(payload: Any, *, max_texts: int, max_chars: int, field: str =
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }
     for kind, name in names.items():
         if type(value) is kind:
             return name

@@ -1,0 +1,1 @@
+"""The central embedding service: Flask under gunicorn around `dc.nlp.embeddings.LocalEmbedder`."""

@@ -1,0 +1,82 @@
+"""One table from error type to HTTP status, and one JSON envelope for every error.
+
+Envelope: {"error": {"code": "...", "message": "...", "status": 4xx, "request_id": "..."}}.
+Werkzeug's own errors (404, 405, 413 from the body limit) use the same envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from dc import errors
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[errors.DCError], int] = {
+    errors.MalformedRequest: 400,
+    errors.NotFound: 404,
+    errors.EmbedderMismatch: 409,
+    errors.TooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.InvalidInput: 422,
+    errors.Overloaded: 429,
+    errors.NotReady: 503,
+    errors.EmbedderUnavailable: 503,
+}
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_id() -> str:
+    """The current request's id: the caller's X-Request-ID when sane, else a new one."""
+    if "request_id" not in g:
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return g.request_id
+
+
+def error_response(code: str, message: str, status: int, retry_after_s: int | None = None):
+    """Build the JSON envelope response for an error."""
+    body = {
+        "error": {"code": code, "message": message, "status": status, "request_id": request_id()}
+    }
+    response = jsonify(body)
+    response.status_code = status
+    if retry_after_s is not None:
+        response.headers["Retry-After"] = str(retry_after_s)
+    return response
+
+
+def _status_of(exc: errors.DCError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 500
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Route every error raised in a request to the envelope."""
+
+    @app.errorhandler(errors.DCError)
+    def _dc_error(exc: errors.DCError):
+        status = _status_of(exc)
+        retry_after = exc.retry_after_s
+        if status in (429, 503) and retry_after is None:
+            retry_after = 1
+        return error_response(exc.code, exc.message, status, retry_after)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = "too_large" if exc.code == 413 else re.sub(r"\W+", "_", (exc.name or "")).lower()
+        return error_response(code, exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        message = f"{type(exc).__name__}: {exc}" if app.debug else "internal error"
+        return error_response("internal_error", message, 500)

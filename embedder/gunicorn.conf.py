@@ -1,0 +1,25 @@
+"""gunicorn settings of the embedder service, taken from `dc.config.Settings` (DC_* variables).
+
+One worker by default: the worker owns the model and batches across every request it holds, so
+threads (not processes) give concurrency; the model is loaded after fork, never in the master.
+"""
+
+from dc.config import get_settings
+
+_settings = get_settings()
+
+wsgi_app = "embedder.app:create_app()"
+bind = f"{_settings.embedder_host}:{_settings.embedder_port}"
+workers = _settings.embedder_workers
+worker_class = "gthread"
+threads = _settings.embedder_threads
+preload_app = False  # TensorFlow must be imported after fork, in the worker
+timeout = _settings.embedder_timeout_s
+graceful_timeout = 30
+keepalive = 5
+backlog = 256
+worker_tmp_dir = "/dev/shm"
+loglevel = _settings.log_level.lower()
+errorlog = "-"
+accesslog = None  # per-request lines cost throughput; /metrics counts requests instead
+proc_name = "dc-embedder"
