@@ -26,8 +26,9 @@ test: setup ## Set up, then run the whole test suite (what CI runs)
 test-fast: ## Run the tests that start no server
 	$(PY) -m pytest -m "not slow"
 
-bench: setup ## Measure the encoder and the embedder service; writes bench/results/
+bench: setup ## Measure the encoder and the embedder service (~6 min); writes bench/results/
 	$(PY) bench/bench_embedder.py
+	$(PY) bench/bench_tf_threads.py
 
 lint: ## ruff check and format check
 	$(VENV)/bin/ruff check .

@@ -32,10 +32,23 @@ class Settings(BaseSettings):
         "exists) of the sentence encoder. `make export` builds the default one.",
     )
     tf_intra_op_threads: int = Field(
-        0, ge=0, description="TensorFlow intra-op threads; 0 lets TensorFlow use every core."
+        1,
+        ge=0,
+        description="TensorFlow threads inside one op (0: every core). 1 suits the embedder: "
+        "parallelism comes from DC_ENCODER_WORKERS calls side by side, which do not stall on "
+        "each other's slowest thread.",
     )
     tf_inter_op_threads: int = Field(
-        0, ge=0, description="TensorFlow inter-op threads; 0 lets TensorFlow decide."
+        2,
+        ge=0,
+        description="TensorFlow ops that may run at once (0: TensorFlow decides); keep it at "
+        "least DC_ENCODER_WORKERS, or their calls queue behind each other.",
+    )
+    encoder_workers: int = Field(
+        2,
+        ge=1,
+        description="Encoder calls that run at once (micro-batcher threads). About one per core "
+        "with single-threaded ops; more also means smaller batches.",
     )
 
     # --- the embedding engine: cache, micro-batching, limits ------------------------------------
@@ -46,6 +59,14 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(
         32, ge=1, description="Largest micro-batch sent to the encoder at once."
+    )
+    batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Busy window: while the encoder is busy, wait up to this long after a batch "
+        "for its callers' next texts, so batches stay full (an idle encoder never waits). Helps "
+        "one big encoder call (DC_ENCODER_WORKERS=1, a GPU); with 2 CPU workers it measured no "
+        "gain, so 0 (off).",
     )
     max_queue: int = Field(
         1024,

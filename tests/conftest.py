@@ -52,12 +52,7 @@ def encoder(settings):
 def engine(encoder, settings):
     from dc.nlp.embeddings import LocalEmbedder
 
-    engine = LocalEmbedder(
-        encoder,
-        cache_size=settings.cache_size,
-        max_batch_size=settings.max_batch_size,
-        max_queue=settings.max_queue,
-    )
+    engine = LocalEmbedder.from_encoder(encoder, settings)
     yield engine
     engine.close()
 

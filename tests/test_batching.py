@@ -126,3 +126,70 @@ def test_close_fails_waiting_texts_and_refuses_new_ones():
     closer.join(5)
     with pytest.raises(NotReady):
         batcher.submit(["late"])
+
+
+def closed_loop(batcher, clients, rounds, think_s=0.005):
+    """`clients` threads, each sending its next text `think_s` after the previous one returned
+    (an HTTP round trip, in the service)."""
+
+    def client(c):
+        for r in range(rounds):
+            batcher.submit([f"client {c} round {r}"])[0].result(10)
+            time.sleep(think_s)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_busy_window_keeps_batches_full_under_closed_loop_load():
+    encoder = RecordingEncoder(delay_s=0.05)
+    batcher = MicroBatcher(encoder, max_batch_size=32, max_queue=64, max_wait_s=0.5).start()
+    closed_loop(batcher, clients=8, rounds=6)
+    sizes = [len(b) for b in encoder.batches]
+    assert sum(sizes) == 48
+    # The first text finds an idle encoder and goes alone; the last batch is short because
+    # that first client finished its rounds one batch early. In between, every caller is back
+    # within the window: full batches.
+    assert sizes[0] == 1 and set(sizes[1:-1]) == {8}, sizes
+    batcher.close()
+
+
+def test_without_the_busy_window_closed_loop_batches_split():
+    encoder = RecordingEncoder(delay_s=0.05)
+    batcher = MicroBatcher(encoder, max_batch_size=32, max_queue=64, max_wait_s=0.0).start()
+    closed_loop(batcher, clients=8, rounds=6)
+    assert max(len(b) for b in encoder.batches[2:]) < 8  # the load splits into smaller batches
+    batcher.close()
+
+
+def test_an_idle_encoder_takes_a_lone_text_at_once_despite_a_long_window():
+    encoder = RecordingEncoder()
+    batcher = MicroBatcher(encoder, max_batch_size=32, max_queue=64, max_wait_s=30.0).start()
+    started = time.perf_counter()
+    for i in range(5):  # one sequential caller: each batch ends with nobody else waiting
+        batcher.submit([f"alone {i}"])[0].result(10)
+    time.sleep(0.05)
+    batcher.submit(["after a pause"])[0].result(10)
+    assert time.perf_counter() - started < 5.0  # a 30 s window was never waited on
+    assert [len(b) for b in encoder.batches] == [1] * 6
+    batcher.close()
+
+
+def test_two_workers_run_two_batches_at_once():
+    """Each call waits at a two-party barrier: it only passes if both batches run together."""
+    barrier = threading.Barrier(2, timeout=5)
+    sizes = []
+
+    def paired(texts):
+        sizes.append(len(texts))
+        barrier.wait()
+        return np.zeros((len(texts), 2), dtype=np.float32)
+
+    batcher = MicroBatcher(paired, max_batch_size=1, max_queue=8, workers=2).start()
+    futures = batcher.submit(["one", "two"])
+    assert [f.result(10).shape for f in futures] == [(2,), (2,)]
+    assert sizes == [1, 1]
+    batcher.close()

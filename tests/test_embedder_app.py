@@ -156,6 +156,8 @@ def test_health_ready_info(client, encoder, settings):
     assert info["cache"]["maxsize"] == settings.cache_size
     assert info["batching"] == {
         "max_batch_size": settings.max_batch_size,
+        "batch_wait_ms": settings.batch_wait_ms,
+        "workers": settings.encoder_workers,
         "max_queue": settings.max_queue,
         "queue_depth": 0,
     }

@@ -112,7 +112,8 @@ class LocalEmbedder(Embedder):
     Args:
         encoder: a loaded `dc.nlp.encoder.Encoder`.
         cache_size: LRU entries (0 disables the cache).
-        max_batch_size, max_queue, retry_after_s: micro-batching bounds (see `MicroBatcher`).
+        max_batch_size, max_queue, retry_after_s, batch_wait_s, workers: micro-batching
+            settings (see `MicroBatcher`).
         wait_timeout_s: longest a caller waits for its batch before giving up.
     """
 
@@ -124,6 +125,8 @@ class LocalEmbedder(Embedder):
         max_batch_size: int,
         max_queue: int,
         retry_after_s: int = 1,
+        batch_wait_s: float = 0.0,
+        workers: int = 1,
         wait_timeout_s: float = 60.0,
     ) -> None:
         self.encoder = encoder
@@ -139,6 +142,8 @@ class LocalEmbedder(Embedder):
             max_queue=max_queue,
             retry_after_s=retry_after_s,
             on_batch=self._on_batch,
+            max_wait_s=batch_wait_s,
+            workers=workers,
         ).start()
 
     @classmethod
@@ -149,12 +154,19 @@ class LocalEmbedder(Embedder):
         configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
         encoder = load_encoder(settings.embedder_handle)
         encoder.warmup()
+        return cls.from_encoder(encoder, settings)
+
+    @classmethod
+    def from_encoder(cls, encoder: Encoder, settings: Settings) -> LocalEmbedder:
+        """Wrap an already loaded encoder with the cache and batching the settings ask for."""
         return cls(
             encoder,
             cache_size=settings.cache_size,
             max_batch_size=settings.max_batch_size,
             max_queue=settings.max_queue,
             retry_after_s=settings.retry_after_s,
+            batch_wait_s=settings.batch_wait_ms / 1000,
+            workers=settings.encoder_workers,
         )
 
     def add_batch_listener(self, listener: Callable[[int, float], None]) -> None:
@@ -211,6 +223,8 @@ class LocalEmbedder(Embedder):
             },
             "batching": {
                 "max_batch_size": self.batcher.max_batch_size,
+                "batch_wait_ms": self.batcher.max_wait_s * 1000,
+                "workers": self.batcher.workers,
                 "max_queue": self.batcher.max_queue,
                 "queue_depth": self.batcher.queue_depth,
             },
