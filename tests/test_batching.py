@@ -150,10 +150,10 @@ def test_busy_window_keeps_batches_full_under_closed_loop_load():
     closed_loop(batcher, clients=8, rounds=6)
     sizes = [len(b) for b in encoder.batches]
     assert sum(sizes) == 48
-    # The first text finds an idle encoder and goes alone; the last batch is short because
-    # that first client finished its rounds one batch early. In between, every caller is back
-    # within the window: full batches.
-    assert sizes[0] == 1 and set(sizes[1:-1]) == {8}, sizes
+    # The first texts find an idle encoder and go at once (one or a few, as threads start);
+    # the last batch is short because those clients finish their rounds one batch early. In
+    # between, every caller is back within the window: full batches.
+    assert set(sizes[1:-1]) == {8}, sizes
     batcher.close()
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import requests
 
-from dc.errors import EmbedderUnavailable, InvalidInput
+from dc.errors import EmbedderUnavailable, InvalidInput, Overloaded
 from dc.nlp.embeddings import RemoteEmbedder, vectors_to_bytes
 from tests.conftest import free_port, run_gunicorn
 
@@ -81,34 +81,32 @@ def test_flooding_the_queue_gets_429_then_the_service_recovers(service):
     assert 'embedder_requests_total{endpoint="/embed",status="429"}' in metrics
 
 
+def batch_counters(url: str) -> tuple[float, float]:
+    """(encoder calls, texts encoded) so far, from the service's metrics."""
+    values = dict(
+        line.split(" ", 1)
+        for line in requests.get(url + "/metrics", timeout=10).text.splitlines()
+        if line.startswith(("embedder_batch_size_count ", "embedder_batch_size_sum "))
+    )
+    return float(values["embedder_batch_size_count"]), float(values["embedder_batch_size_sum"])
+
+
 def test_concurrent_clients_get_their_own_vectors(service, encoder):
     """Concurrent single-phrase requests are batched together, yet each gets its own vector."""
-    texts = [f"where is my parcel number {i}" for i in range(48)]
+    texts = [f"where is my parcel number {i}" for i in range(64)]
     expected = encoder.encode(texts)
 
     def one(i):
         r = requests.post(service + "/embed", json={"texts": [texts[i]]}, timeout=30)
         return np.array(r.json()["vectors"][0], dtype=np.float32)
 
+    calls_before, texts_before = batch_counters(service)
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(one, range(len(texts))))
+    calls_after, texts_after = batch_counters(service)
     np.testing.assert_allclose(np.stack(got), expected, atol=1e-6)
-    metrics = requests.get(service + "/metrics", timeout=10).text
-    batches = float(
-        next(
-            line.split()[1]
-            for line in metrics.splitlines()
-            if line.startswith("embedder_batch_size_count")
-        )
-    )
-    texts_batched = float(
-        next(
-            line.split()[1]
-            for line in metrics.splitlines()
-            if line.startswith("embedder_batch_size_sum")
-        )
-    )
-    assert texts_batched / batches > 1.0  # concurrency produced real batches
+    assert texts_after - texts_before == len(texts)  # every phrase encoded exactly once
+    assert calls_after - calls_before < len(texts)  # concurrency produced real batches
 
 
 def test_remote_client_matches_the_encoder_and_chunks_large_lists(service, encoder):
@@ -139,7 +137,8 @@ def test_remote_client_keeps_serving_cached_phrases_when_the_service_is_down(ser
 
 
 def test_remote_client_retries_transient_failures_only(encoder):
-    """A fault-injecting front answers 503 twice, then serves real vectors; 422 is not retried."""
+    """A fault-injecting front answers 503 twice, then serves real vectors; 422 and 429 are
+    not retried."""
     calls = Counter()
 
     class Flaky(BaseHTTPRequestHandler):
@@ -170,6 +169,9 @@ def test_remote_client_retries_transient_failures_only(encoder):
             if texts[0] == "invalid":
                 error = {"error": {"code": "invalid_input", "message": "no", "status": 422}}
                 return self._send(422, json.dumps(error).encode())
+            if texts[0] == "busy":
+                error = {"error": {"code": "overloaded", "message": "full", "status": 429}}
+                return self._send(429, json.dumps(error).encode(), headers=[("Retry-After", "7")])
             if calls[texts[0]] <= 2:
                 return self._send(
                     503, b'{"error": {"code": "not_ready", "message": "warming", "status": 503}}'
@@ -195,6 +197,9 @@ def test_remote_client_retries_transient_failures_only(encoder):
         with pytest.raises(InvalidInput):
             client.embed(["invalid"])
         assert calls["invalid"] == 1
+        with pytest.raises(Overloaded) as overloaded:  # back-pressure reaches the caller at once
+            client.embed(["busy"])
+        assert calls["busy"] == 1 and overloaded.value.retry_after_s == 7
         client.close()
     finally:
         server.shutdown()

@@ -148,6 +148,10 @@ class MicroBatcher:
                 text, future = self._waiting.popitem(last=False)
                 self._running[text] = future
                 batch.append(text)
+            if self._waiting:
+                # submit() wakes one worker; pass the wake-up on so that an idle worker takes
+                # what this batch could not hold instead of sleeping until the next submit.
+                self._cond.notify()
             return batch
 
     def _run(self) -> None:

@@ -397,7 +397,12 @@ def _make_session(retries: int, backoff_s: float, pool_size: int) -> requests.Se
     from requests.adapters import HTTPAdapter
     from urllib3.util.retry import Retry
 
-    retry = Retry(
+    class TransientRetry(Retry):
+        # urllib3 also retries 413 and 429 whenever they carry Retry-After, whatever
+        # status_forcelist says; a 429 must reach the caller as back-pressure instead.
+        RETRY_AFTER_STATUS_CODES = frozenset({503})
+
+    retry = TransientRetry(
         total=retries,
         connect=retries,
         read=0,  # a slow answer is not retried: that would only pile more work on the service
