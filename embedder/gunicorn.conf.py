@@ -4,9 +4,11 @@ One worker by default: the worker owns the model and batches across every reques
 threads (not processes) give concurrency; the model is loaded after fork, never in the master.
 """
 
-from dc.config import get_settings
+from dc.config import VAR_DIR, get_settings
 
 _settings = get_settings()
+_run_dir = VAR_DIR / "run"
+_run_dir.mkdir(parents=True, exist_ok=True)
 
 wsgi_app = "embedder.app:create_app()"
 bind = f"{_settings.embedder_host}:{_settings.embedder_port}"
@@ -23,3 +25,6 @@ loglevel = _settings.log_level.lower()
 errorlog = "-"
 accesslog = None  # per-request lines cost throughput; /metrics counts requests instead
 proc_name = "dc-embedder"
+# gunicorn >= 25.1 opens a control socket (for `gunicornc`); one per port, so that several
+# instances (the service, the tests, the benchmark) never fight over the default path.
+control_socket = str(_run_dir / f"embedder-{_settings.embedder_port}.ctl")
