@@ -64,9 +64,9 @@ class Settings(BaseSettings):
         0.0,
         ge=0,
         description="Busy window: while the encoder is busy, wait up to this long after a batch "
-        "for its callers' next texts, so batches stay full (an idle encoder never waits). Helps "
-        "one big encoder call (DC_ENCODER_WORKERS=1, a GPU); with 2 CPU workers it measured no "
-        "gain, so 0 (off).",
+        "for its callers' next texts, so batches stay full (an idle encoder never waits). Pays "
+        "with one big encoder call (DC_ENCODER_WORKERS=1, a GPU); with 2 CPU workers its "
+        "measured effect stayed within this machine's run-to-run noise, so 0 (off).",
     )
     max_queue: int = Field(
         1024,

@@ -132,17 +132,20 @@ class MicroBatcher:
 
     def _take_batch(self) -> list[str] | None:
         with self._cond:
-            while not self._waiting and not self._closed:
-                self._cond.wait()
-            target = min(self.max_batch_size, self._expected)
-            deadline = self._last_end + self.max_wait_s
-            while len(self._waiting) < target and not self._closed:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+            while True:
+                while not self._waiting and not self._closed:
+                    self._cond.wait()
+                target = min(self.max_batch_size, self._expected)
+                deadline = self._last_end + self.max_wait_s
+                while len(self._waiting) < target and not self._closed:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._closed:
+                    return None
+                if self._waiting:  # during the window another worker may have taken them all
                     break
-                self._cond.wait(remaining)
-            if self._closed:
-                return None
             batch = []
             while self._waiting and len(batch) < self.max_batch_size:
                 text, future = self._waiting.popitem(last=False)

@@ -38,6 +38,17 @@ class CacheStats:
         lookups = self.hits + self.misses
         return self.hits / lookups if lookups else 0.0
 
+    def as_dict(self) -> dict[str, float]:
+        """The counters and the hit rate, for /info answers."""
+        return {
+            "maxsize": self.maxsize,
+            "size": self.size,
+            "hits": self.hits,
+            "misses": self.misses,
+            "evictions": self.evictions,
+            "hit_rate": round(self.hit_rate, 4),
+        }
+
 
 class PhraseCache:
     """A thread-safe LRU map from (embedder fingerprint, text) to its vector.

@@ -206,21 +206,13 @@ class LocalEmbedder(Embedder):
         )
 
     def info(self) -> dict[str, Any]:
-        stats = self.cache.stats()
         return {
             "mode": "local",
             "model": self.name,
             "handle": self.encoder.handle,
             "dimension": self.dimension,
             "fingerprint": self.fingerprint,
-            "cache": {
-                "maxsize": stats.maxsize,
-                "size": stats.size,
-                "hits": stats.hits,
-                "misses": stats.misses,
-                "evictions": stats.evictions,
-                "hit_rate": round(stats.hit_rate, 4),
-            },
+            "cache": self.cache.stats().as_dict(),
             "batching": {
                 "max_batch_size": self.batcher.max_batch_size,
                 "batch_wait_ms": self.batcher.max_wait_s * 1000,
@@ -336,7 +328,7 @@ class RemoteEmbedder(Embedder):
     def embed(self, texts: Sequence[str]) -> EmbedResult:
         """Return one vector per text: local cache first, then the service (in chunks)."""
         started = time.perf_counter()
-        info = self._server_info() if self._server is None else self._server
+        info = self._server_info()
         fingerprint = info["fingerprint"]
         found = self.cache.get_many(fingerprint, texts)
         looked_up = time.perf_counter()
@@ -374,18 +366,11 @@ class RemoteEmbedder(Embedder):
         )
 
     def info(self) -> dict[str, Any]:
-        stats = self.cache.stats()
         return {
             "mode": "remote",
             "url": self.url,
             "server": self._server_info(),
-            "local_cache": {
-                "maxsize": stats.maxsize,
-                "size": stats.size,
-                "hits": stats.hits,
-                "misses": stats.misses,
-                "evictions": stats.evictions,
-            },
+            "local_cache": self.cache.stats().as_dict(),
         }
 
     def close(self) -> None:
