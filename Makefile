@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup export run run-embedder test test-fast bench lint format golden clean
+.PHONY: help setup export demo train run run-embedder test test-fast bench lint format golden clean
 
 help: ## List the targets with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -15,7 +15,13 @@ setup: ## Create .venv, install everything, export the encoder (idempotent)
 export: setup ## Re-export the encoder SavedModel even if present
 	$(PY) scripts/export_embedder.py --force
 
-run: setup run-embedder ## Set up, then serve on embedded defaults (foreground)
+demo: setup ## Load the bundled datasets and train the demo models when they are missing
+	$(PY) scripts/demo.py
+
+train: setup ## Retrain every configured model from the database and promote the good ones
+	$(PY) scripts/train.py --all --promote
+
+run: setup demo run-embedder ## Set up, make sure the demo models exist, then serve (foreground)
 
 run-embedder: ## Serve the embedder under gunicorn on DC_EMBEDDER_HOST:DC_EMBEDDER_PORT
 	$(VENV)/bin/gunicorn -c embedder/gunicorn.conf.py

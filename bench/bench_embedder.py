@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -370,7 +370,7 @@ def main() -> None:
     baseline = (raw[32]["phrases_per_s"] + raw_after["phrases_per_s"]) / 2
     ratio = misses[CONCURRENCY.index(16)]["requests_per_s"] / baseline
     report = {
-        "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "seconds": args.seconds,

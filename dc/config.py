@@ -121,6 +121,43 @@ class Settings(BaseSettings):
         32, ge=1, description="Remote client: pooled keep-alive connections to the embedder."
     )
 
+    # --- data, training and artifacts (issue 3) ------------------------------------------------
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the database holding training data, the model registry "
+        "and the inference log (PostgreSQL in production: postgresql+psycopg2://...). Empty: a "
+        "SQLite file at var/dc.sqlite, the embedded default.",
+    )
+    db_retries: int = Field(
+        3, ge=0, description="Retries of a database query on transient errors (lost connection)."
+    )
+    configs_dir: str = Field(
+        str(REPO_ROOT / "configs"), description="Folder of the per-model training configs (TOML)."
+    )
+    artifacts_dir: str = Field(
+        str(VAR_DIR / "artifacts"),
+        description="Where trained versions are written: <region>/<model>/<version>/.",
+    )
+    promotion_tolerance: float = Field(
+        0.005,
+        ge=0,
+        description="Promotion is refused when the candidate's weighted F1 is below the promoted "
+        "version's by more than this (absolute, 0.005 = half a point), unless forced.",
+    )
+    s3_bucket: str = Field(
+        "", description="S3 bucket for artifact backups; empty: backups are off."
+    )
+    s3_prefix: str = Field("dc-artifacts", description="Key prefix of the backups in the bucket.")
+    s3_endpoint_url: str = Field(
+        "", description="S3 endpoint override (moto, MinIO); empty: AWS's own endpoint."
+    )
+    aws_region: str = Field("eu-west-1", description="AWS region of the S3 client.")
+
+    @property
+    def database_url_or_default(self) -> str:
+        """The configured database URL, or the embedded SQLite file."""
+        return self.database_url or f"sqlite:///{VAR_DIR / 'dc.sqlite'}"
+
     @model_validator(mode="after")
     def _request_fits_queue(self) -> Settings:
         # A request is queued all or nothing, so a full-size request must fit in an empty queue.

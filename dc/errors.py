@@ -70,3 +70,21 @@ class EmbedderMismatch(DCError):
     """A model was trained on a different embedder (fingerprint) than the one running."""
 
     code = "embedder_mismatch"
+
+
+class PromotionRefused(DCError):
+    """A candidate version scores below the promoted one by more than the tolerance."""
+
+    code = "promotion_refused"
+
+
+class DataError(DCError):
+    """Input data (a training CSV, its columns or values) breaks the expected format."""
+
+    code = "data_error"
+
+
+class BackupError(DCError):
+    """An S3 backup or restore of a version folder could not be done or did not verify."""
+
+    code = "backup_error"

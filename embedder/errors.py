@@ -21,12 +21,15 @@ STATUS: dict[type[errors.DCError], int] = {
     errors.MalformedRequest: 400,
     errors.NotFound: 404,
     errors.EmbedderMismatch: 409,
+    errors.PromotionRefused: 409,
     errors.TooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.InvalidInput: 422,
+    errors.DataError: 422,
     errors.Overloaded: 429,
     errors.NotReady: 503,
     errors.EmbedderUnavailable: 503,
+    errors.BackupError: 502,
 }
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

@@ -121,3 +121,196 @@ def run_gunicorn(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# --- PostgreSQL (persistence tests, marked `db`) ------------------------------------------------
+
+
+def _pg_reachable(url: str) -> bool:
+    from sqlalchemy import create_engine, exc
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect():
+            return True
+    except exc.DBAPIError:
+        return False
+    finally:
+        engine.dispose()
+
+
+def _postgres_bin() -> Path:
+    """The newest installed PostgreSQL's bin folder; installs the server with apt when absent.
+
+    The apt fallback needs root and network (Debian/Ubuntu), as on the CI machine.
+    """
+    import glob
+    import shutil
+
+    def newest() -> Path | None:
+        found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+        found.sort(key=lambda p: int(Path(p).parent.parent.name.split(".")[0]))
+        return Path(found[-1]).parent if found else None
+
+    if newest() is None and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True)
+    folder = newest()
+    if folder is None:
+        pytest.fail("no PostgreSQL reachable and no initdb under /usr/lib/postgresql/*/bin")
+    return folder
+
+
+@contextmanager
+def _throwaway_cluster():
+    """initdb + pg_ctl start on a free loopback port in a temporary folder; removed on exit.
+
+    PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user (which
+    the Debian package creates) and the folder is handed over to it.
+    """
+    import shutil
+    import tempfile
+
+    bin_dir = _postgres_bin()
+    root = Path(tempfile.mkdtemp(prefix="dc-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, user="postgres", group="postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", free_port()
+    run = dict(check=True, capture_output=True, text=True)
+    try:
+        initdb = ["-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]
+        subprocess.run([*as_user, bin_dir / "initdb", *initdb], **run)
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        start = ["-D", data, "-l", root / "server.log", "-o", options, "-w", "-t", "60", "start"]
+        subprocess.run([*as_user, bin_dir / "pg_ctl", *start], **run)
+        try:
+            yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            subprocess.run(
+                [*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"],
+                check=False,
+                capture_output=True,
+            )
+    except subprocess.CalledProcessError as error:
+        log = root / "server.log"
+        pytest.fail(
+            f"throwaway PostgreSQL failed: {error.cmd}\n{error.stdout}{error.stderr}"
+            + (log.read_text() if log.exists() else "")
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """URL of a fresh, empty PostgreSQL database, dropped at the end of the session.
+
+    The server: DC_TEST_DATABASE_URL, else postgres@127.0.0.1:5432 (trust auth). When that is
+    not reachable, a throwaway cluster is started (see `_throwaway_cluster`).
+    """
+    import secrets
+    from contextlib import ExitStack
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = os.environ.get(
+        "DC_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+    )
+    with ExitStack() as stack:
+        if not _pg_reachable(admin):
+            admin = stack.enter_context(_throwaway_cluster())
+        name = f"dc_test_{os.getpid()}_{secrets.token_hex(4)}"
+        engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+        stack.callback(engine.dispose)
+        with engine.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(admin).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with engine.connect() as connection:
+                # WITH (FORCE) (PostgreSQL 13+) ends connections a failed test left open.
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_migrated(pg_url):
+    """`pg_url` with the schema at Alembic head (upgraded once per session)."""
+    from persistence.db import upgrade
+
+    upgrade(pg_url)
+    return pg_url
+
+
+@pytest.fixture
+def pg_engine(pg_migrated):
+    """An engine on the test database, every table emptied before the test (isolation)."""
+    from sqlalchemy import text
+
+    from persistence.db import make_engine, upgrade
+    from persistence.models import Base
+
+    # A test may have migrated down and not back up (or failed half-way): put head back.
+    upgrade(pg_migrated)
+    engine = make_engine(pg_migrated)
+    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield engine
+    engine.dispose()
+
+
+# --- S3 (backup tests): moto in server mode, a real HTTP endpoint on a free loopback port ------
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server for the session; yields its endpoint URL.
+
+    Fake credentials are set for the session (and the machine's AWS profile and config files
+    hidden) so no real account can be reached; the environment is restored afterwards.
+    """
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }.items():
+            env.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            env.delenv(name, raising=False)
+        server.start()
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_settings(s3_server, tmp_path):
+    """Settings pointing at a fresh, empty bucket on `s3_server` (one bucket per test)."""
+    import uuid
+
+    from dc.backup import s3_client
+
+    settings = make_settings(
+        s3_bucket=f"dc-test-{uuid.uuid4().hex[:12]}",
+        s3_prefix="dc-artifacts",
+        s3_endpoint_url=s3_server,
+        aws_region="eu-west-1",
+        artifacts_dir=str(tmp_path / "artifacts"),
+    )
+    s3_client(settings).create_bucket(
+        Bucket=settings.s3_bucket,
+        CreateBucketConfiguration={"LocationConstraint": settings.aws_region},
+    )
+    return settings

@@ -1,0 +1,75 @@
+"""Engines, sessions and migrations. Nothing connects (or creates a folder) until called.
+
+Callers pass the URL explicitly: services and scripts take it from
+`dc.config.get_settings().database_url_or_default`, tests from their fixtures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ALEMBIC_INI = REPO_ROOT / "alembic.ini"
+
+
+def make_engine(url: str, **engine_kwargs: Any) -> Engine:
+    """Create an engine for `url` (PostgreSQL or SQLite).
+
+    For a SQLite file the parent folder is created first (the embedded default lives in var/,
+    which is never committed). For PostgreSQL, pooled connections are pinged on checkout, so a
+    connection dropped by a database restart or an idle timeout is replaced instead of failing
+    the next query.
+
+    Args:
+        url: SQLAlchemy URL, e.g. ``postgresql+psycopg2://user@host/db`` or ``sqlite:///path``.
+        engine_kwargs: passed on to `sqlalchemy.create_engine` (they win over the defaults).
+    """
+    parsed = make_url(url)
+    options: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    else:
+        options["pool_pre_ping"] = True
+    options.update(engine_kwargs)
+    return create_engine(parsed, **options)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A `sessionmaker` bound to `engine` whose objects stay readable after commit.
+
+    `expire_on_commit=False`: the registry functions commit their own transactions and return
+    the rows they wrote; reading those attributes afterwards must not start a new transaction.
+    """
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Config:
+    """The repository's Alembic configuration (alembic.ini) aimed at `url`.
+
+    The returned `alembic.config.Config` also tells `env.py` not to reconfigure logging, which
+    the alembic command line wants but which would silence the caller's loggers.
+    """
+    from alembic.config import Config
+
+    config = Config(str(ALEMBIC_INI))
+    # The ini file is read with configparser interpolation: a literal % (URL-encoded
+    # password characters) must be doubled.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["configure_logger"] = False
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Run `alembic upgrade <revision>` on `url`; a database already there is left unchanged."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)

@@ -1,0 +1,143 @@
+"""SQLAlchemy 2.0 typed models, portable to PostgreSQL (production, tests) and SQLite (embedded).
+
+Alembic owns the schema (`persistence/migrations`): a change here needs a new revision there.
+
+Every timestamp is stored in UTC. `UtcDateTime` converts aware datetimes to UTC before they are
+written and hands back aware UTC datetimes on both back-ends; a naive datetime is taken to be
+UTC already. Without it SQLite would drop the offset silently and PostgreSQL would read a naive
+value in the session's time zone, and the history window would shift by the difference.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy import text as sql_text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Stable constraint names, so later migrations can refer to them (and SQLite batch mode works).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SPLITS = ("train", "validation", "test")
+VERSION_STATUSES = ("trained", "promoted", "archived")
+
+# BIGINT on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is an alias of the rowid that
+# autoincrements, so the same column is INTEGER there.
+BigIntId = BigInteger().with_variant(Integer, "sqlite")
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def to_utc(value: datetime) -> datetime:
+    """`value` as an aware UTC datetime; a naive value is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """TIMESTAMP WITH TIME ZONE that always stores and returns aware UTC datetimes."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else to_utc(value)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else to_utc(value)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table; its metadata is Alembic's target."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TrainingExample(Base):
+    """One labelled phrase of a model's training data, for one region."""
+
+    __tablename__ = "training_examples"
+    __table_args__ = (
+        # The history window: WHERE model = ? AND region = ? AND example_time BETWEEN ? AND ?
+        Index("ix_training_examples_model_region_time", "model", "region", "example_time"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(100), index=True)
+    region: Mapped[str] = mapped_column(String(50), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(200))
+    # "train" | "validation" | "test", or NULL: split later by data preparation.
+    split: Mapped[str | None] = mapped_column(String(20))
+    # When the example happened (the history window filters on it).
+    example_time: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    loaded_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # The file the row came from (absolute path), so a reload can replace exactly its rows.
+    source: Mapped[str] = mapped_column(String(500))
+
+    def __repr__(self) -> str:
+        return f"TrainingExample(id={self.id}, model={self.model!r}, label={self.label!r})"
+
+
+class ModelVersion(Base):
+    """The model registry: one trained version of a model head for one region."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("name", "region", "version"),
+        # The database, not only the code, keeps "at most one promoted version" true, also
+        # when two promotions race (partial unique index: PostgreSQL and SQLite both have them).
+        Index(
+            "uq_model_versions_one_promoted",
+            "name",
+            "region",
+            unique=True,
+            postgresql_where=sql_text("status = 'promoted'"),
+            sqlite_where=sql_text("status = 'promoted'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    region: Mapped[str] = mapped_column(String(50))
+    version: Mapped[str] = mapped_column(String(40))
+    # "trained" | "promoted" | "archived"; at most one "promoted" per name and region.
+    status: Mapped[str] = mapped_column(String(20), default="trained")
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    embedder_fingerprint: Mapped[str] = mapped_column(String(64))
+    artifact_uri: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelVersion({self.name!r}, {self.region!r}, {self.version!r}, "
+            f"status={self.status!r})"
+        )
+
+
+# The `inferences` table (the prediction log) joins here with its own revision (issue 4).

@@ -1,0 +1,191 @@
+"""The model registry: record trained versions, find the promoted one, promote with the rule.
+
+Transactions: every function takes a `Session` and runs as ONE transaction of its own
+(`with session.begin()`), committed when it returns and rolled back if it raises. Pass a
+session with no transaction in progress: a fresh one from `persistence.db.session_factory`,
+whose `expire_on_commit=False` keeps the returned rows readable without a new transaction.
+(SQLAlchemy raises "A transaction is already begun" otherwise, instead of this module silently
+committing or joining the caller's work.)
+
+Versions are UTC timestamps (`next_version`); at most one version per name and region is
+"promoted" (a partial unique index guarantees it), older promoted ones become "archived".
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dc.errors import NotFound, PromotionRefused
+from dc.promotion import check_promotion
+from persistence.models import ModelVersion, to_utc, utcnow
+
+log = logging.getLogger(__name__)
+
+VERSION_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def next_version(session: Session, name: str, region: str, *, now: datetime | None = None) -> str:
+    """A new version string for `name`/`region`: the UTC time as ``YYYYMMDDTHHMMSSZ``.
+
+    When that version exists already (two trainings in the same second) ``-2``, ``-3``... is
+    appended. Two processes asking at once may still get the same answer; the unique constraint
+    makes the second `record_version` fail rather than overwrite.
+
+    Args:
+        now: the time to use (default: now); naive means UTC.
+    """
+    stamp = to_utc(now or utcnow()).strftime(VERSION_FORMAT)
+    with session.begin():
+        taken = set(
+            session.scalars(
+                select(ModelVersion.version).where(
+                    ModelVersion.name == name,
+                    ModelVersion.region == region,
+                    ModelVersion.version.startswith(stamp, autoescape=True),
+                )
+            )
+        )
+    version, n = stamp, 1
+    while version in taken:
+        n += 1
+        version = f"{stamp}-{n}"
+    return version
+
+
+def record_version(
+    session: Session,
+    *,
+    name: str,
+    region: str,
+    version: str,
+    metrics: dict[str, Any],
+    embedder_fingerprint: str,
+    artifact_uri: str,
+    config: dict[str, Any],
+) -> ModelVersion:
+    """Record a trained version (status "trained") and return it.
+
+    Raises:
+        sqlalchemy.exc.IntegrityError: that name, region and version exist already.
+    """
+    row = ModelVersion(
+        name=name,
+        region=region,
+        version=version,
+        status="trained",
+        metrics=metrics,
+        embedder_fingerprint=embedder_fingerprint,
+        artifact_uri=artifact_uri,
+        config=config,
+        created_at=utcnow(),
+    )
+    with session.begin():
+        session.add(row)
+    log.info("recorded %s/%s version %s (%s)", region, name, version, artifact_uri)
+    return row
+
+
+def promoted_version(session: Session, name: str, region: str) -> ModelVersion | None:
+    """The promoted version of `name`/`region`, or None when none is promoted."""
+    with session.begin():
+        return session.scalars(
+            select(ModelVersion).where(
+                ModelVersion.name == name,
+                ModelVersion.region == region,
+                ModelVersion.status == "promoted",
+            )
+        ).one_or_none()
+
+
+def list_versions(
+    session: Session, name: str | None = None, region: str | None = None
+) -> list[ModelVersion]:
+    """Recorded versions, optionally of one name and/or region, oldest first."""
+    query = select(ModelVersion).order_by(ModelVersion.name, ModelVersion.region, ModelVersion.id)
+    if name is not None:
+        query = query.where(ModelVersion.name == name)
+    if region is not None:
+        query = query.where(ModelVersion.region == region)
+    with session.begin():
+        return list(session.scalars(query))
+
+
+def promote(
+    session: Session,
+    name: str,
+    region: str,
+    version: str,
+    *,
+    tolerance: float,
+    force: bool = False,
+) -> ModelVersion:
+    """Promote `version` of `name`/`region`, archiving the promoted one, in one transaction.
+
+    The rule (`dc.promotion.check_promotion`): refused when the candidate's
+    ``metrics["weighted_f1"]`` is below the promoted version's by more than `tolerance`.
+    `force=True` promotes anyway (logged as a warning). Promoting the version that is promoted
+    already changes nothing. An archived version may be promoted again (a rollback).
+
+    The versions of `name`/`region` are locked (SELECT ... FOR UPDATE on PostgreSQL) while the
+    rule is checked, so two promotions of the same model run one after the other.
+
+    Args:
+        tolerance: the largest accepted drop in weighted F1 (settings: `promotion_tolerance`).
+        force: promote even when the rule refuses.
+
+    Returns:
+        The promoted version.
+
+    Raises:
+        NotFound: no such version.
+        PromotionRefused: the rule refuses (the message names both F1 values and the tolerance).
+    """
+    with session.begin():
+        rows = session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.name == name, ModelVersion.region == region)
+            .with_for_update()
+        ).all()
+        candidate = next((row for row in rows if row.version == version), None)
+        if candidate is None:
+            raise NotFound(f"no version {version!r} of model {name!r} in region {region!r}")
+        current = next((row for row in rows if row.status == "promoted"), None)
+        if current is candidate:
+            return candidate
+        if current is not None:
+            try:
+                check_promotion(
+                    _weighted_f1(candidate), current.metrics.get("weighted_f1"), tolerance
+                )
+            except PromotionRefused as refusal:
+                if not force:
+                    raise PromotionRefused(
+                        f"{region}/{name} {version} not promoted over {current.version}: {refusal}"
+                    ) from None
+                log.warning("forced promotion of %s/%s %s: %s", region, name, version, refusal)
+            current.status = "archived"
+            # The partial unique index allows one promoted row at a time, and the unit of work
+            # orders UPDATEs by primary key: write the archive first.
+            session.flush()
+        candidate.status = "promoted"
+        candidate.promoted_at = utcnow()
+    log.info(
+        "promoted %s/%s %s (was %s)",
+        region,
+        name,
+        version,
+        current.version if current is not None else "none",
+    )
+    return candidate
+
+
+def _weighted_f1(row: ModelVersion) -> float:
+    value = (row.metrics or {}).get("weighted_f1")
+    if value is None:
+        raise PromotionRefused(f"version {row.version} has no weighted_f1 metric")
+    return float(value)
