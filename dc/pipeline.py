@@ -73,6 +73,7 @@ def train_model(
     from persistence.registry import next_version, promote, record_version
 
     name, region = config.model.name, config.model.region
+    new_session = session_factory(engine)  # each registry function is one transaction of its own
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     raw = fetch_training_rows(
@@ -91,7 +92,7 @@ def train_model(
         )
     log.info("%s/%s: %d raw rows extracted in %.1f s", region, name, len(raw), seconds["extract"])
 
-    with session_factory(engine)() as session:
+    with new_session() as session:
         version = next_version(session, name, region)
     started = time.perf_counter()
     result = train_version(config, settings, embedder, raw, version)
@@ -105,8 +106,7 @@ def train_model(
         )
         seconds["backup"] = time.perf_counter() - started
 
-    # Each registry function is one transaction of its own.
-    with session_factory(engine)() as session:
+    with new_session() as session:
         record_version(
             session,
             name=name,
@@ -119,7 +119,7 @@ def train_model(
         )
     promoted = False
     if promote:
-        with session_factory(engine)() as session:
+        with new_session() as session:
             promote(
                 session,
                 name,
