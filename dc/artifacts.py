@@ -22,7 +22,6 @@ start with a dot are staging folders, never versions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -131,15 +130,6 @@ def staged_version_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -10,7 +10,6 @@ Credentials come from boto3's usual chain (environment, shared files, instance o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 from dc.config import Settings
 from dc.errors import BackupError
+from dc.utilities.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def backup_version(
         path = version_dir / relative
         try:
             size = path.stat().st_size
-            digest = _sha256(path)
+            digest = sha256_file(path)
             client.upload_file(
                 str(path),
                 bucket,
@@ -229,7 +229,7 @@ def restore_version(
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, prefix + relative, str(target), Config=TRANSFER)
-            size, digest = target.stat().st_size, _sha256(target)
+            size, digest = target.stat().st_size, sha256_file(target)
         except (*_S3_ERRORS, OSError) as exc:
             raise BackupError(f"restore of {uri} failed on {relative}: {_describe(exc)}") from exc
         if size != entry["size"] or digest != entry["sha256"]:
@@ -362,11 +362,6 @@ def _scan(version_dir: Path) -> tuple[list[str], list[str]]:
         if here != version_dir and not dirs and not names:
             empty_dirs.append(here.relative_to(version_dir).as_posix())
     return files, empty_dirs
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _run_parallel(fn: Callable[[T], R], items: Sequence[T], *, desc: str) -> list[R]:

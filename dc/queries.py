@@ -15,21 +15,24 @@ TRAINING_COLUMNS = ("text", "label", "split", "example_time")
 _examples = TrainingExample.__table__
 
 
-def select_training_rows(model: str, region: str, since: datetime) -> Select:
-    """Training rows of `model` in `region` whose `example_time` is at or after `since`.
+def select_training_rows(
+    model: str, region: str, since: datetime, until: datetime | None = None
+) -> Select:
+    """Training rows of `model` in `region` with `since <= example_time` (`<= until` if given).
 
     Columns text, label, split, example_time; ordered by id (load order), so the same data
     always comes back in the same order and a seeded split is reproducible.
     """
-    return (
-        select(_examples.c.text, _examples.c.label, _examples.c.split, _examples.c.example_time)
-        .where(
-            _examples.c.model == model,
-            _examples.c.region == region,
-            _examples.c.example_time >= to_utc(since),
-        )
-        .order_by(_examples.c.id)
+    query = select(
+        _examples.c.text, _examples.c.label, _examples.c.split, _examples.c.example_time
+    ).where(
+        _examples.c.model == model,
+        _examples.c.region == region,
+        _examples.c.example_time >= to_utc(since),
     )
+    if until is not None:
+        query = query.where(_examples.c.example_time <= to_utc(until))
+    return query.order_by(_examples.c.id)
 
 
 def fetch_training_rows(
@@ -63,9 +66,7 @@ def fetch_training_rows(
     if history_days <= 0:
         raise ValueError(f"history_days must be positive, got {history_days}")
     end = to_utc(now) if now is not None else utcnow()
-    query = select_training_rows(model, region, end - timedelta(days=history_days)).where(
-        _examples.c.example_time <= end
-    )
+    query = select_training_rows(model, region, end - timedelta(days=history_days), end)
 
     @db_retry(retries=retries)
     def fetch() -> list:

@@ -36,6 +36,7 @@ from dc.model_config import ModelConfig
 from dc.nlp.embeddings import Embedder, EmbedResult
 from dc.plots import plot_confusion_matrix, plot_per_class_f1
 from dc.preparation import PreparedData, prepare
+from dc.utilities.files import sha256_file
 
 if TYPE_CHECKING:
     import keras
@@ -282,7 +283,7 @@ def train_version(
         raw_path = stage / artifacts.RAW_DIR / artifacts.RAW_FILE
         raw_path.parent.mkdir(parents=True)
         raw.to_csv(raw_path, index=False)
-        data_hash = artifacts.sha256_file(raw_path)
+        data_hash = sha256_file(raw_path)
 
         prepared = prepare(raw, config.data, config.training.seed)
         _write_processed(prepared, stage / artifacts.PROCESSED_DIR)

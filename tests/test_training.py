@@ -17,6 +17,7 @@ import pytest
 from dc import artifacts
 from dc.errors import InvalidInput
 from dc.model_config import ModelConfig, load_config, load_configs
+from dc.utilities.files import sha256_file
 from tests.conftest import REPO, make_settings
 
 CLASSES = 8
@@ -109,7 +110,7 @@ def test_the_manifest_records_what_made_the_version(trained):
         "dimension": 384,
     }
     raw_path = result.version_dir / "raw" / "extract.csv"
-    assert manifest["data"]["sha256"] == artifacts.sha256_file(raw_path)
+    assert manifest["data"]["sha256"] == sha256_file(raw_path)
     assert manifest["data"]["source"] == "banking77"
     assert manifest["data"]["raw_rows"] == len(raw) == CLASSES * PER_CLASS
     assert manifest["config"] == config.as_dict()
@@ -194,10 +195,10 @@ def test_an_existing_version_is_never_overwritten(trained):
     from dc.train import train_version
 
     result, config, settings, raw, embedder = trained
-    before = artifacts.sha256_file(result.version_dir / "manifest.json")
+    before = sha256_file(result.version_dir / "manifest.json")
     with pytest.raises(FileExistsError):
         train_version(config, settings, embedder, raw, VERSION, progress=False)
-    assert artifacts.sha256_file(result.version_dir / "manifest.json") == before
+    assert sha256_file(result.version_dir / "manifest.json") == before
 
 
 def test_a_failed_run_leaves_no_folder_behind(trained):
