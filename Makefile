@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup export demo train run run-embedder test test-fast bench lint format golden clean
+.PHONY: help setup export demo train run run-api run-embedder replay-spool test test-fast bench lint format golden clean
 
 help: ## List the targets with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -21,7 +21,15 @@ demo: setup ## Load the bundled datasets and train the demo models when they are
 train: setup ## Retrain every configured model from the database and promote the good ones
 	$(PY) scripts/train.py --all --promote
 
-run: setup demo run-embedder ## Set up, make sure the demo models exist, then serve (foreground)
+run: setup demo ## Set up, make sure the demo models exist, then serve embedder + API (foreground)
+	bash scripts/serve.sh
+
+run-api: ## Serve only the prediction API under gunicorn on DC_API_HOST:DC_API_PORT
+	$(VENV)/bin/alembic upgrade head
+	$(VENV)/bin/gunicorn -c api/gunicorn.conf.py
+
+replay-spool: ## Write spooled inference-log rows to the database now
+	$(PY) scripts/replay_spool.py
 
 run-embedder: ## Serve the embedder under gunicorn on DC_EMBEDDER_HOST:DC_EMBEDDER_PORT
 	$(VENV)/bin/gunicorn -c embedder/gunicorn.conf.py

@@ -153,6 +153,84 @@ class Settings(BaseSettings):
     )
     aws_region: str = Field("eu-west-1", description="AWS region of the S3 client.")
 
+    # --- the prediction API (api/) ----------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address the prediction API binds to.")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port of the prediction API.")
+    api_workers: int = Field(
+        2,
+        ge=1,
+        description="gunicorn workers of the API. Each holds every head (a few MB) and, in "
+        "remote mode, its own phrase cache; about one per core. In local mode each also loads "
+        "the encoder (~0.8 GB).",
+    )
+    api_threads: int = Field(
+        8, ge=1, description="Threads per API worker: requests in flight per worker."
+    )
+    api_timeout_s: int = Field(
+        60, ge=1, description="gunicorn worker timeout of the API (covers start-up too)."
+    )
+    api_graceful_timeout_s: int = Field(
+        30,
+        ge=1,
+        description="On SIGTERM, seconds a worker may take to finish its requests and flush "
+        "the inference log before it is killed.",
+    )
+    api_max_requests: int = Field(
+        200_000,
+        ge=0,
+        description="Recycle an API worker after this many requests (0: never); guards against "
+        "slow leaks at the cost of a cold phrase cache in the new worker.",
+    )
+    api_max_requests_jitter: int = Field(
+        20_000,
+        ge=0,
+        description="Random extra requests per worker before recycling, so workers never "
+        "restart all at once.",
+    )
+    serving_region: str = Field(
+        "global", description="Region whose promoted models this API serves."
+    )
+    default_top_k: int = Field(3, ge=1, description="Top-k returned when a request gives no k.")
+    max_top_k: int = Field(20, ge=1, description="Largest k a request may ask for (more: 422).")
+    model_refresh_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often each API worker checks the registry for promotions, rollbacks "
+        "and reloads: the longest a change takes to reach every worker.",
+    )
+    admin_token: str = Field(
+        "",
+        description="Bearer token of the admin endpoints (reload, rollback, promote). A secret: "
+        "no default; empty disables them (403).",
+    )
+
+    # --- the inference log (persistence/inference_log.py) ---------------------------------------
+    log_queue_size: int = Field(
+        10_000,
+        ge=1,
+        description="Prediction rows held in memory per worker before they spill to the disk "
+        "spool (a full queue never blocks a request).",
+    )
+    log_batch_size: int = Field(
+        500, ge=1, description="Most rows per INSERT of the background writer."
+    )
+    log_flush_interval_ms: float = Field(
+        200.0,
+        gt=0,
+        description="Longest a row waits in the queue before the writer inserts a partial batch.",
+    )
+    log_retry_s: float = Field(
+        2.0,
+        gt=0,
+        description="While the database is unreachable, how often the writer tries it again "
+        "(and then replays the spool).",
+    )
+    spool_dir: str = Field(
+        str(VAR_DIR / "spool"),
+        description="Append-only files of prediction rows that could not be written yet; "
+        "replayed when the database is back.",
+    )
+
     @property
     def database_url_or_default(self) -> str:
         """The configured database URL, or the embedded SQLite file."""

@@ -88,3 +88,15 @@ class BackupError(DCError):
     """An S3 backup or restore of a version folder could not be done or did not verify."""
 
     code = "backup_error"
+
+
+class Unauthorized(DCError):
+    """The admin token is missing or wrong."""
+
+    code = "unauthorized"
+
+
+class Forbidden(DCError):
+    """The operation is switched off by configuration."""
+
+    code = "forbidden"

@@ -1,8 +1,9 @@
 """Typed per-model training configs, one TOML file per model in `configs/`.
 
-A config says which rows to train on (`[data]`), what the Keras head looks like (`[head]`) and
-how to fit it (`[training]`); `[model]` names the model (the registry and artifact name) and the
-region it belongs to. Unknown keys are errors, so a typo never silently falls back to a default.
+A config says which rows to train on (`[data]`), what the Keras head looks like (`[head]`),
+how to fit it (`[training]`) and which business rule applies to its predictions (`[serving]`,
+optional); `[model]` names the model (the registry and artifact name) and the region it belongs
+to. Unknown keys are errors, so a typo never silently falls back to a default.
 
 ```toml
 [model]
@@ -25,7 +26,15 @@ learning_rate = 1e-3
 epochs = 100
 batch_size = 64
 early_stopping_patience = 8
+
+[serving]                     # optional; left out, every prediction is the top class
+fallback_label = "oos"
+min_probability = 0.2
 ```
+
+The config is copied into every version's manifest, so a version is served with the
+`[serving]` rule it was trained with; versions trained before the section existed hold no
+`serving` key and get the default (no rule).
 """
 
 from __future__ import annotations
@@ -91,6 +100,29 @@ class TrainingConfig(_Section):
     seed: int = Field(42, ge=0)
 
 
+class ServingConfig(_Section):
+    """`[serving]`: the rule applied to a head's probabilities when it serves (dc.postprocessing).
+
+    When the top probability of a prediction is below `min_probability`, its label becomes
+    `fallback_label` (e.g. "oos" or "other"). The defaults apply no rule.
+    """
+
+    fallback_label: str | None = Field(None, min_length=1, max_length=200)
+    min_probability: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _threshold_needs_a_label(self) -> ServingConfig:
+        # A threshold without a label to fall back to would silently do nothing.
+        if self.min_probability > 0 and self.fallback_label is None:
+            raise ValueError("min_probability > 0 needs a fallback_label")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether the rule can change a prediction at all."""
+        return self.fallback_label is not None and self.min_probability > 0
+
+
 class ModelConfig(_Section):
     """One model's whole training config (a TOML file in `configs/`)."""
 
@@ -98,6 +130,7 @@ class ModelConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
     @model_validator(mode="after")
     def _source_defaults_to_name(self) -> ModelConfig:

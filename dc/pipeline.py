@@ -69,8 +69,8 @@ def train_model(
     """
     from dc.backup import backup_version
     from dc.train import train_version
+    from persistence import registry  # not `import promote`: that would shadow the argument
     from persistence.db import session_factory
-    from persistence.registry import next_version, promote, record_version
 
     name, region = config.model.name, config.model.region
     new_session = session_factory(engine)  # each registry function is one transaction of its own
@@ -93,7 +93,7 @@ def train_model(
     log.info("%s/%s: %d raw rows extracted in %.1f s", region, name, len(raw), seconds["extract"])
 
     with new_session() as session:
-        version = next_version(session, name, region)
+        version = registry.next_version(session, name, region)
     started = time.perf_counter()
     result = train_version(config, settings, embedder, raw, version)
     seconds["train"] = time.perf_counter() - started
@@ -107,7 +107,7 @@ def train_model(
         seconds["backup"] = time.perf_counter() - started
 
     with new_session() as session:
-        record_version(
+        registry.record_version(
             session,
             name=name,
             region=region,
@@ -120,7 +120,7 @@ def train_model(
     promoted = False
     if promote:
         with new_session() as session:
-            promote(
+            registry.promote(
                 session,
                 name,
                 region,

@@ -16,6 +16,7 @@ import time
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api.errors import register_error_handlers, request_id
 from dc.config import Settings, get_settings
 from dc.errors import MalformedRequest, NotReady, UnsupportedMediaType
 from dc.nlp.embeddings import (
@@ -29,7 +30,6 @@ from dc.nlp.embeddings import (
 )
 from dc.nlp.validation import validate_texts
 from dc.utilities.logging import configure_logging
-from embedder.errors import register_error_handlers, request_id
 from embedder.metrics import EmbedderMetrics
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,9 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -132,6 +134,9 @@ class ModelVersion(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Set by the admin "reload" call: every API worker reloads the version's files when this
+    # changes (serving workers poll the promoted rows, so no restart or broadcast is needed).
+    reload_requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     def __repr__(self) -> str:
         return (
@@ -140,4 +145,39 @@ class ModelVersion(Base):
         )
 
 
-# The `inferences` table (the prediction log) joins here with its own revision (issue 4).
+class Inference(Base):
+    """One served prediction (the inference log), written by `persistence.inference_log`.
+
+    A request of N texts gives N rows, `item` 0..N-1; (`request_id`, `item`) is unique, so a
+    row written twice (a replayed spool, a retried batch) is stored once.
+    """
+
+    __tablename__ = "inferences"
+    __table_args__ = (
+        UniqueConstraint("request_id", "item"),
+        # Production analysis: one model over a time range.
+        Index("ix_inferences_model_region_created_at", "model", "region", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    item: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    model: Mapped[str] = mapped_column(String(100))
+    region: Mapped[str] = mapped_column(String(50))
+    version: Mapped[str] = mapped_column(String(40))
+    model_type: Mapped[str] = mapped_column(String(100))
+    input_text: Mapped[str] = mapped_column(Text)
+    predicted_label: Mapped[str] = mapped_column(String(200))
+    probability: Mapped[float] = mapped_column(Float)
+    # [{"label": ..., "probability": ...}, ...], best first.
+    top_k: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    cache_hit: Mapped[bool] = mapped_column(Boolean)
+    embedder_fingerprint: Mapped[str] = mapped_column(String(64))
+
+    def __repr__(self) -> str:
+        return (
+            f"Inference({self.request_id!r}#{self.item}, {self.model!r} {self.version!r} -> "
+            f"{self.predicted_label!r})"
+        )

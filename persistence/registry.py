@@ -9,6 +9,8 @@ committing or joining the caller's work.)
 
 Versions are UTC timestamps (`next_version`); at most one version per name and region is
 "promoted" (a partial unique index guarantees it), older promoted ones become "archived".
+Serving workers poll `promoted_versions`; `rollback` and `request_reload` are the admin calls
+they pick up that way.
 """
 
 from __future__ import annotations
@@ -189,3 +191,120 @@ def _weighted_f1(row: ModelVersion) -> float:
     if value is None:
         raise PromotionRefused(f"version {row.version} has no weighted_f1 metric")
     return float(value)
+
+
+def promoted_versions(session: Session, region: str | None = None) -> list[ModelVersion]:
+    """Every promoted version, optionally of one region, sorted by name.
+
+    This is what each API worker polls to notice promotions, rollbacks and reload requests made
+    through another worker: one small SELECT on the partial index of promoted rows.
+    """
+    query = select(ModelVersion).where(ModelVersion.status == "promoted")
+    if region is not None:
+        query = query.where(ModelVersion.region == region)
+    with session.begin():
+        return list(session.scalars(query.order_by(ModelVersion.name, ModelVersion.region)))
+
+
+def previous_version(session: Session, name: str, region: str) -> ModelVersion | None:
+    """The version promoted before the current one: the archived one promoted last, or None.
+
+    Only versions that were once promoted are archived, so "archived with the latest
+    `promoted_at`" is the previously promoted version.
+    """
+    with session.begin():
+        return _previous(session, name, region)
+
+
+def _previous(
+    session: Session, name: str, region: str, *, lock: bool = False
+) -> ModelVersion | None:
+    query = (
+        select(ModelVersion)
+        .where(
+            ModelVersion.name == name,
+            ModelVersion.region == region,
+            ModelVersion.status == "archived",
+            ModelVersion.promoted_at.is_not(None),
+        )
+        .order_by(ModelVersion.promoted_at.desc(), ModelVersion.id.desc())
+        .limit(1)
+    )
+    return session.scalars(query.with_for_update() if lock else query).one_or_none()
+
+
+def rollback(session: Session, name: str, region: str) -> ModelVersion:
+    """Promote the previously promoted version of `name`/`region` again, in one transaction.
+
+    The promotion rule is not applied (a rollback is a deliberate return to a version that was
+    serving before; logged as a warning like a forced promotion). The current version becomes
+    archived with its `promoted_at` kept, so a second rollback returns to it.
+
+    Returns:
+        The version promoted again.
+
+    Raises:
+        NotFound: no version of `name`/`region` was promoted before the current one.
+    """
+    with session.begin():
+        # Lock every version of the model, as `promote` does, so rollbacks and promotions of
+        # the same model run one after the other.
+        rows = session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.name == name, ModelVersion.region == region)
+            .with_for_update()
+        ).all()
+        current = next((row for row in rows if row.status == "promoted"), None)
+        previous = _previous(session, name, region)
+        if previous is None:
+            raise NotFound(
+                f"model {name!r} in region {region!r} has no previously promoted version to "
+                "roll back to"
+            )
+        if current is not None:
+            current.status = "archived"
+            session.flush()  # the partial unique index allows one promoted row at a time
+        previous.status = "promoted"
+        previous.promoted_at = utcnow()
+    log.warning(
+        "rolled back %s/%s from %s to %s",
+        region,
+        name,
+        current.version if current is not None else "none",
+        previous.version,
+    )
+    return previous
+
+
+def request_reload(
+    session: Session, name: str, region: str, *, now: datetime | None = None
+) -> ModelVersion:
+    """Ask every serving worker to reload the promoted version's files.
+
+    Sets the promoted row's `reload_requested_at`; the workers polling `promoted_versions` see
+    it change and load the files again (e.g. after the version folder was repaired).
+
+    Args:
+        now: the time to record (default: now); naive means UTC.
+
+    Returns:
+        The promoted version.
+
+    Raises:
+        NotFound: `name`/`region` has no promoted version.
+    """
+    with session.begin():
+        row = session.scalars(
+            select(ModelVersion)
+            .where(
+                ModelVersion.name == name,
+                ModelVersion.region == region,
+                ModelVersion.status == "promoted",
+            )
+            .with_for_update()
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"model {name!r} has no promoted version in region {region!r}")
+        row.reload_requested_at = to_utc(now or utcnow())
+    log.info("reload of %s/%s %s requested", region, name, row.version)
+    return row

@@ -21,6 +21,9 @@ from dc.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Fixtures shared by several test modules but kept in their own files.
+pytest_plugins = ["tests.heads_support"]
+
 
 def make_settings(**overrides) -> Settings:
     """Small limits so tests reach them quickly; everything else as configured."""
@@ -77,14 +80,21 @@ def free_port() -> int:
 
 @contextmanager
 def run_gunicorn(
-    config: str, env: dict[str, str], ready_path: str = "/ready", timeout_s: float = 180
+    config: str,
+    env: dict[str, str],
+    ready_path: str = "/ready",
+    timeout_s: float = 180,
+    port_env: str = "DC_EMBEDDER_PORT",
 ):
     """Start gunicorn with `config` and DC_* `env`, wait until `ready_path` answers 200.
 
+    The server binds a free loopback port, given to it in `port_env` (DC_EMBEDDER_PORT for
+    the embedder's config, DC_API_PORT for the API's) and the matching *_HOST variable.
     Yields (base_url, process). The server is stopped with SIGTERM (then SIGKILL) on exit.
     """
     port = free_port()
-    full_env = {**os.environ, **env, "DC_EMBEDDER_HOST": "127.0.0.1", "DC_EMBEDDER_PORT": str(port)}
+    host_env = port_env.removesuffix("PORT") + "HOST"
+    full_env = {**os.environ, **env, host_env: "127.0.0.1", port_env: str(port)}
     log_path = REPO / "var" / "test-logs" / f"gunicorn-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
@@ -161,46 +171,83 @@ def _postgres_bin() -> Path:
     return folder
 
 
-@contextmanager
-def _throwaway_cluster():
-    """initdb + pg_ctl start on a free loopback port in a temporary folder; removed on exit.
+class PgCluster:
+    """A throwaway PostgreSQL cluster (initdb) on a free loopback port, in a temporary folder.
+
+    `url` reaches its `postgres` database as the `postgres` superuser (trust auth). `stop()` and
+    `start()` stop and restart the server on the same port and data folder (database outage
+    tests); `remove()` stops it and deletes the folder. A failing initdb or pg_ctl fails the test
+    with the server's log.
 
     PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user (which
     the Debian package creates) and the folder is handed over to it.
     """
-    import shutil
-    import tempfile
 
-    bin_dir = _postgres_bin()
-    root = Path(tempfile.mkdtemp(prefix="dc-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, user="postgres", group="postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", free_port()
-    run = dict(check=True, capture_output=True, text=True)
-    try:
-        initdb = ["-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]
-        subprocess.run([*as_user, bin_dir / "initdb", *initdb], **run)
-        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        start = ["-D", data, "-l", root / "server.log", "-o", options, "-w", "-t", "60", "start"]
-        subprocess.run([*as_user, bin_dir / "pg_ctl", *start], **run)
+    def __init__(self) -> None:
+        import shutil
+        import tempfile
+
+        self._bin = _postgres_bin()
+        self.root = Path(tempfile.mkdtemp(prefix="dc-pg-"))
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, user="postgres", group="postgres")
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+        self.data, self.port = self.root / "data", free_port()
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _pg(self, program: str, *args, check: bool = True) -> None:
         try:
-            yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
-        finally:
             subprocess.run(
-                [*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "stop"],
-                check=False,
+                [*self._as_user, self._bin / program, *args],
+                check=check,
                 capture_output=True,
+                text=True,
             )
-    except subprocess.CalledProcessError as error:
-        log = root / "server.log"
-        pytest.fail(
-            f"throwaway PostgreSQL failed: {error.cmd}\n{error.stdout}{error.stderr}"
-            + (log.read_text() if log.exists() else "")
-        )
+        except subprocess.CalledProcessError as error:
+            log = self.root / "server.log"
+            pytest.fail(
+                f"throwaway PostgreSQL failed: {error.cmd}\n{error.stdout}{error.stderr}"
+                + (log.read_text() if log.exists() else "")
+            )
+
+    def init(self) -> None:
+        """Create the cluster (initdb, no fsync: test data only)."""
+        initdb = ["-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]
+        self._pg("initdb", *initdb)
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = self.root / "server.log"
+        self._pg("pg_ctl", "-D", self.data, "-l", log, "-o", options, "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server and wait until it is down (`mode`: smart, fast or immediate)."""
+        self._pg("pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "60", "stop")
+
+    def remove(self) -> None:
+        """Stop the server if it runs (errors ignored) and delete the folder."""
+        import shutil
+
+        if (self.data / "postmaster.pid").exists():
+            self._pg("pg_ctl", "-D", self.data, "-m", "immediate", "stop", check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def _throwaway_cluster():
+    """initdb + pg_ctl start on a free loopback port in a temporary folder; removed on exit.
+
+    Yields the URL of the cluster's `postgres` database (see `PgCluster`).
+    """
+    cluster = PgCluster()
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster.url
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.remove()
 
 
 @pytest.fixture(scope="session")
@@ -314,3 +361,26 @@ def s3_settings(s3_server, tmp_path):
         CreateBucketConfiguration={"LocationConstraint": settings.aws_region},
     )
     return settings
+
+
+# --- A PostgreSQL server that tests stop and start (outage tests) ------------------------------
+
+
+@pytest.fixture
+def pg_cluster():
+    """A throwaway PostgreSQL cluster of the test's own, started, schema at Alembic head.
+
+    Gives a `PgCluster`: `.url` (postgresql+psycopg2 URL of its `postgres` database), `.stop()`
+    and `.start()` (a real outage: connections are refused while it is stopped; the port and
+    data stay). About 2 s to create; removed after the test.
+    """
+    from persistence.db import upgrade
+
+    cluster = PgCluster()
+    try:
+        cluster.init()
+        cluster.start()
+        upgrade(cluster.url)
+        yield cluster
+    finally:
+        cluster.remove()

@@ -36,7 +36,7 @@ from persistence.registry import (
 from tests.conftest import REPO
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
-TABLES = {"training_examples", "model_versions"}
+TABLES = {"training_examples", "model_versions", "inferences"}
 
 
 def write_csv(path, header, rows):
@@ -73,7 +73,7 @@ def test_alembic_creates_and_drops_both_tables_on_postgresql(pg_migrated):
         assert set(inspect(engine).get_table_names()) >= TABLES
         with engine.connect() as connection:
             assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-                ("0001",)
+                ("0002",)
             ]
         # The committed revision and the models describe the same schema.
         command.check(alembic_config(pg_migrated))

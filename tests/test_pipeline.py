@@ -125,6 +125,14 @@ def test_train_record_backup_and_promote(tiny_rows, s3_settings, engine, tmp_pat
     with session_factory(tiny_rows)() as session:
         assert promoted_version(session, "tiny", "test").version == forced.version
 
+    # Without promote=True a version is only recorded (the promoted one stays).
+    recorded = train_model(weak_config, s3_settings, embedder=engine, engine=tiny_rows)
+    assert not recorded.promoted
+    with session_factory(tiny_rows)() as session:
+        assert promoted_version(session, "tiny", "test").version == forced.version
+        statuses = {v.version: v.status for v in list_versions(session, "tiny", "test")}
+    assert statuses[recorded.version] == "trained"
+
 
 def test_no_rows_in_the_window_is_a_clear_error(pg_engine, settings, engine, tmp_path):
     config = load_config(write_config(tmp_path / "empty.toml", "empty"))

@@ -91,6 +91,14 @@ class Embedder(ABC):
     def info(self) -> dict[str, Any]:
         """Describe the embedder: model, dimension, fingerprint, cache and batching settings."""
 
+    def ping(self, timeout_s: float = 1.0) -> None:  # noqa: B027 - in process: always there
+        """Check that vectors can be computed now (readiness probes).
+
+        Raises:
+            EmbedderUnavailable: the embedder cannot be reached.
+            NotReady: it answers but is not ready (still loading its model).
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release threads and connections."""
 
@@ -364,6 +372,20 @@ class RemoteEmbedder(Embedder):
             int(response.headers[HEADER_COUNT]),
             int(response.headers[HEADER_DIMENSION]),
         )
+
+    def ping(self, timeout_s: float = 1.0) -> None:
+        import requests
+
+        # One plain attempt, outside the retrying session: a probe must answer quickly.
+        try:
+            response = requests.get(self.url + "/ready", timeout=timeout_s)
+        except requests.RequestException as exc:
+            raise EmbedderUnavailable(
+                f"the embedder service at {self.url} is unreachable ({type(exc).__name__})",
+                retry_after_s=self._retry_after_s,
+            ) from exc
+        if response.status_code != 200:
+            raise self._error_from(response)
 
     def info(self) -> dict[str, Any]:
         return {

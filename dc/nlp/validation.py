@@ -27,28 +27,40 @@ def validate_texts(
         raise InvalidInput(f'the body must have a "{field}" field (a list of strings)')
     texts = payload[field]
     if not isinstance(texts, list):
-        raise InvalidInput(f'"{field}" must be a list of strings, not {_json_type(texts)}')
+        raise InvalidInput(f'"{field}" must be a list of strings, not {json_type(texts)}')
     if not texts:
         raise InvalidInput(f'"{field}" must not be empty')
     if len(texts) > max_texts:
         raise TooLarge(f'"{field}" has {len(texts)} items; at most {max_texts} are accepted')
     for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InvalidInput(f'"{field}[{i}]" must be a string, not {_json_type(text)}')
-        if len(text) > max_chars:
-            raise InvalidInput(
-                f'"{field}[{i}]" has {len(text)} characters; at most {max_chars} are accepted'
-            )
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:  # JSON allows "\ud800"; UTF-8 (and the encoder) do not
-            raise InvalidInput(
-                f'"{field}[{i}]" is not valid Unicode (an unpaired surrogate at {exc.start})'
-            ) from None
+        validate_text(text, max_chars=max_chars, field=f"{field}[{i}]")
     return texts
 
 
-def _json_type(value: Any) -> str:
+def validate_text(text: Any, *, max_chars: int, field: str = "text") -> str:
+    """Check one text from a decoded JSON body and return it.
+
+    Raises:
+        InvalidInput: not a string, longer than `max_chars`, or holding an unpaired surrogate
+            (which has no UTF-8 form). The message names `field`.
+    """
+    if not isinstance(text, str):
+        raise InvalidInput(f'"{field}" must be a string, not {json_type(text)}')
+    if len(text) > max_chars:
+        raise InvalidInput(
+            f'"{field}" has {len(text)} characters; at most {max_chars} are accepted'
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON allows "\ud800"; UTF-8 (and the encoder) do not
+        raise InvalidInput(
+            f'"{field}" is not valid Unicode (an unpaired surrogate at {exc.start})'
+        ) from None
+    return text
+
+
+def json_type(value: Any) -> str:
+    """How a decoded JSON value is named in error messages ("a list", "null", ...)."""
     names = {
         dict: "an object",
         list: "a list",

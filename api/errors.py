@@ -1,7 +1,9 @@
 """One table from error type to HTTP status, and one JSON envelope for every error.
 
 Envelope: {"error": {"code": "...", "message": "...", "status": 4xx, "request_id": "..."}}.
-Werkzeug's own errors (404, 405, 413 from the body limit) use the same envelope.
+Werkzeug's own errors (404, 405, 413 from the body limit) use the same envelope. Both services
+(the prediction API and the embedder in `embedder/`) register these handlers, so a client meets
+one error format whichever it talks to.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 
 STATUS: dict[type[errors.DCError], int] = {
     errors.MalformedRequest: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.EmbedderMismatch: 409,
     errors.PromotionRefused: 409,
@@ -71,7 +75,10 @@ def register_error_handlers(app: Flask) -> None:
         retry_after = exc.retry_after_s
         if status in (429, 503) and retry_after is None:
             retry_after = 1
-        return error_response(exc.code, exc.message, status, retry_after)
+        response = error_response(exc.code, exc.message, status, retry_after)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="dc-admin"'
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -1,0 +1,1 @@
+"""The prediction API: Flask router under gunicorn (see api/README.md)."""

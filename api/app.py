@@ -1,0 +1,109 @@
+"""The prediction API's app factory. Run it under gunicorn (`scripts/serve.sh` does, after
+`alembic upgrade head`):
+
+    gunicorn -c api/gunicorn.conf.py
+
+Each worker builds its own services after the fork: the embedder client (or, in local mode, the
+encoder, loaded in a background thread), the model store (the promoted head of every model,
+refreshed from the registry every `DC_MODEL_REFRESH_S`) and the inference log (a background
+writer). `close_app` flushes the log; gunicorn's `worker_exit` hook calls it on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from flask import Flask, Response, g, request
+
+from api.errors import register_error_handlers, request_id
+from api.inference import EmbedderHolder, Services
+from api.metrics import ApiMetrics
+from api.router import register_routes
+from dc.config import Settings, get_settings
+from dc.nlp.embeddings import Embedder
+from dc.serving import ModelStore
+from dc.utilities.logging import configure_logging
+from persistence.db import make_engine, session_factory
+from persistence.inference_log import InferenceLog
+
+SERVICES = "dc.services"
+
+
+def create_app(settings: Settings | None = None, *, embedder: Embedder | None = None) -> Flask:
+    """Build the prediction API and start its background work.
+
+    Args:
+        settings: configuration; read from the environment when omitted.
+        embedder: an embedder to use instead of the one the settings describe (tests share the
+            session's encoder this way).
+    """
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    # Room for JSON escapes (up to 12 bytes a character): the per-text limits, with their
+    # clearer messages, are what callers normally meet; this only stops absurd bodies early.
+    app.config["MAX_CONTENT_LENGTH"] = (
+        settings.max_texts_per_request * (settings.max_text_chars * 12 + 8) + 4096
+    )
+
+    url = settings.database_url_or_default
+    # Short timeouts: the model store polls the registry from a background thread and must
+    # notice an unreachable or hung database quickly (it keeps serving what it has meanwhile).
+    connect_args = (
+        {"timeout": 15}
+        if url.startswith("sqlite")
+        else {"connect_timeout": 3, "options": "-c statement_timeout=5000"}
+    )
+    database = make_engine(url, connect_args=connect_args)
+    holder = EmbedderHolder(settings, embedder)
+    metrics = ApiMetrics()
+    services = Services(
+        settings=settings,
+        embedder=holder,
+        store=ModelStore(settings, session_factory(database), holder.fingerprint),
+        inference_log=InferenceLog(
+            url,
+            settings.spool_dir,
+            max_queue=settings.log_queue_size,
+            batch_size=settings.log_batch_size,
+            flush_interval_s=settings.log_flush_interval_ms / 1000,
+            retry_interval_s=settings.log_retry_s,
+            listener=metrics.on_log_event,
+        ),
+        metrics=metrics,
+    )
+    app.extensions[SERVICES] = services
+    register_error_handlers(app)
+    register_routes(app)
+
+    # Which process answered: tells workers (and ECS tasks) apart when debugging, and lets the
+    # tests see that a change reached every worker.
+    served_by = f"{socket.gethostname()}:{os.getpid()}"
+
+    @app.before_request
+    def _start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        model = (request.view_args or {}).get("model", "")
+        if model and model not in services.store.names():
+            model = "unknown"  # a label per made-up name would grow the series without bound
+        metrics.requests.labels(endpoint, model, str(response.status_code)).inc()
+        response.headers["X-Request-ID"] = request_id()
+        response.headers["X-Served-By"] = served_by
+        return response
+
+    services.start()
+    return app
+
+
+def close_app(app: Flask | None) -> None:
+    """Flush the inference log and stop the background work of an app made by `create_app`."""
+    services = app.extensions.get(SERVICES) if app is not None else None
+    if services is not None:
+        services.close()

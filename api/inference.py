@@ -1,0 +1,189 @@
+"""One prediction end to end, without HTTP: embed (cache first) -> score the head -> postprocess
+-> enqueue the inference-log rows. The services a worker holds live in `Services`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from api.metrics import ApiMetrics
+from api.request_handlers import PredictRequest
+from dc.config import Settings
+from dc.errors import DCError, EmbedderMismatch, NotReady
+from dc.nlp.embeddings import Embedder, RemoteEmbedder
+from dc.postprocessing import Prediction, postprocess
+from dc.predict import Head
+from dc.serving import ModelStore
+from persistence.inference_log import InferenceLog, InferenceRecord
+
+log = logging.getLogger(__name__)
+
+
+class EmbedderHolder:
+    """The worker's embedder: remote (an HTTP client, ready at once) or local (loaded off-thread).
+
+    In local mode the encoder (TensorFlow, ~0.8 GB) is loaded in a background thread after the
+    worker has forked, so `/health` answers at once and `/ready` tells when it is warm.
+    """
+
+    def __init__(self, settings: Settings, embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        self.embedder: Embedder | None = embedder
+        self.error: str | None = None
+
+    def start(self, on_ready=None) -> None:
+        """Create or load the embedder; `on_ready()` is called once it can embed."""
+        if self.embedder is not None:
+            return
+        if self.settings.embedder_mode == "remote":
+            self.embedder = RemoteEmbedder.from_settings(self.settings)
+            return
+        threading.Thread(
+            target=self._load, args=(on_ready,), name="api-embedder-loader", daemon=True
+        ).start()
+
+    def _load(self, on_ready) -> None:
+        from dc.nlp.embeddings import LocalEmbedder
+
+        started = time.perf_counter()
+        try:
+            self.embedder = LocalEmbedder.from_settings(self.settings)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("loading the encoder from %s failed", self.settings.embedder_handle)
+            return
+        log.info("encoder loaded in process in %.1f s", time.perf_counter() - started)
+        if on_ready is not None:
+            on_ready()
+
+    def require(self) -> Embedder:
+        """The embedder, or NotReady (503) while it loads or after its load failed."""
+        if self.embedder is None:
+            reason = f"loading it failed: {self.error}" if self.error else "it is loading"
+            raise NotReady(
+                f"the embedder is not ready: {reason}", retry_after_s=self.settings.retry_after_s
+            )
+        return self.embedder
+
+    def fingerprint(self) -> str | None:
+        """The running embedder's fingerprint, or None while it cannot be known."""
+        if self.embedder is None:
+            return None
+        try:
+            return self.embedder.fingerprint
+        except DCError as exc:
+            log.debug("embedder fingerprint unknown: %s", exc)
+            return None
+
+    def close(self) -> None:
+        if self.embedder is not None:
+            self.embedder.close()
+
+
+@dataclass
+class Services:
+    """Everything one API worker holds: settings, embedder, model store, inference log, metrics."""
+
+    settings: Settings
+    embedder: EmbedderHolder
+    store: ModelStore
+    inference_log: InferenceLog
+    metrics: ApiMetrics
+    closed: bool = field(default=False)
+
+    def start(self) -> Services:
+        self.inference_log.start()
+        self.embedder.start(on_ready=self.store.refresh)
+        self.store.start()
+        return self
+
+    def close(self) -> None:
+        """Stop polling, flush the inference log (to the database or the spool), release."""
+        if self.closed:
+            return
+        self.closed = True
+        self.store.close()
+        self.inference_log.close(timeout_s=max(1.0, self.settings.api_graceful_timeout_s / 2))
+        self.embedder.close()
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """What `predict` computed for one request."""
+
+    head: Head
+    predictions: list[Prediction]
+    cached: list[bool]
+    timings: dict[str, float]
+
+
+def predict(
+    services: Services,
+    model: str,
+    request: PredictRequest,
+    request_id: str,
+    started: float,
+) -> PredictionResult:
+    """Classify `request.texts` with the served version of `model` and log every prediction.
+
+    Args:
+        started: `time.perf_counter()` when the HTTP request arrived (latency is measured
+            from there, so the logged latency includes parsing).
+
+    Raises:
+        NotFound, EmbedderMismatch, NotReady: from the model store.
+        EmbedderUnavailable, NotReady, Overloaded: from the embedder (texts not in the cache
+            while the embedder is away or saturated).
+    """
+    head = services.store.get(model)
+    embedder = services.embedder.require()
+    parsed = time.perf_counter()
+    result = embedder.embed(request.texts)
+    embedded = time.perf_counter()
+    if result.fingerprint != head.embedder_fingerprint:
+        # The embedder was redeployed with another model after the head was loaded.
+        raise EmbedderMismatch(
+            f"model {model!r} version {head.version} was trained on embedder "
+            f"{head.embedder_fingerprint}, but the embedder now runs {result.fingerprint}"
+        )
+    probabilities = head.predict_proba(result.vectors)
+    predictions = postprocess(probabilities, head.labels, request.k, head.rule)
+    scored = time.perf_counter()
+
+    now = datetime.now(UTC)
+    latency_ms = (scored - started) * 1000
+    services.inference_log.enqueue(
+        [
+            InferenceRecord(
+                request_id=request_id,
+                item=i,
+                created_at=now,
+                model=head.name,
+                region=head.region,
+                version=head.version,
+                model_type=head.model_type,
+                input_text=text,
+                predicted_label=prediction.label,
+                probability=prediction.probability,
+                top_k=[{"label": label, "probability": p} for label, p in prediction.top_k],
+                latency_ms=latency_ms,
+                cache_hit=cached,
+                embedder_fingerprint=result.fingerprint,
+            )
+            for i, (text, prediction, cached) in enumerate(
+                zip(request.texts, predictions, result.cached, strict=True)
+            )
+        ]
+    )
+    logged = time.perf_counter()
+    timings = {
+        "parse": parsed - started,
+        "embed": embedded - parsed,
+        "score": scored - embedded,
+        "log": logged - scored,
+    }
+    return PredictionResult(head, predictions, result.cached, timings)

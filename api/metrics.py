@@ -1,0 +1,111 @@
+"""Prometheus metrics of the prediction API, correct under several gunicorn workers.
+
+Under gunicorn the API runs as several processes and a scrape of `/metrics` lands on one of
+them, so the metrics use prometheus_client's multiprocess mode: gunicorn's config sets
+`PROMETHEUS_MULTIPROC_DIR` before any worker starts, every process writes its values to files
+there, and `/metrics` aggregates all of them. Without that variable (one process, the tests'
+in-process app) the same metrics live in a registry owned by the app.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+)  # fmt: skip
+LOG_EVENTS = ("enqueued", "written", "spooled", "replayed", "dropped")
+
+
+def multiprocess_dir() -> str | None:
+    """The folder of multiprocess metric files, when multiprocess mode is on."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ApiMetrics:
+    """The API's metrics; create one per app and serve `render()` at /metrics."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        # In multiprocess mode the values live in files and are collected from there; registering
+        # the objects in a registry too would count them twice.
+        self._own = None if self.multiprocess else CollectorRegistry(auto_describe=True)
+        registry = self._own
+        self.requests = Counter(
+            "api_requests",
+            "HTTP requests by endpoint, model and status",
+            ["endpoint", "model", "status"],
+            registry=registry,
+        )
+        self.stage_seconds = Histogram(
+            "api_stage_seconds",
+            "Seconds per stage of /predict (parse, embed, score, log, total)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.predictions = Counter(
+            "api_predictions",
+            "Texts classified, by model and version",
+            ["model", "version"],
+            registry=registry,
+        )
+        self.cache = Counter(
+            "api_embedding_cache",
+            "Texts whose embedding came from the phrase cache (hit) or not (miss)",
+            ["result"],
+            registry=registry,
+        )
+        self.cache_size = Gauge(
+            "api_embedding_cache_size",
+            "Entries in the API process's phrase cache (summed over live workers)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.log_rows = Counter(
+            "api_inference_log_rows",
+            "Inference-log rows by event (enqueued, written, spooled, replayed, dropped)",
+            ["event"],
+            registry=registry,
+        )
+        self.log_lag = Histogram(
+            "api_inference_log_lag_seconds",
+            "Seconds from a prediction to its row being written or spooled",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.log_queue_depth = Gauge(
+            "api_inference_log_queue_depth",
+            "Rows waiting in the inference-log queues (summed over live workers)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.models_served = Gauge(
+            "api_models_served",
+            "Models a worker is serving (per live worker)",
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
+        for event in LOG_EVENTS:  # every series exists from the start, at 0
+            self.log_rows.labels(event)
+        for result in ("hit", "miss"):
+            self.cache.labels(result)
+
+    def on_log_event(self, kind: str, value: float) -> None:
+        """Listener of `InferenceLog`: count rows per event, observe the lag."""
+        if kind == "lag":
+            self.log_lag.observe(value)
+        elif kind in LOG_EVENTS:
+            self.log_rows.labels(kind).inc(value)
+
+    def render(self) -> bytes:
+        """The exposition text of every live worker (multiprocess) or of this app."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self._own)

@@ -1,0 +1,325 @@
+"""The OpenAPI 3.1 description served at `/openapi.json`.
+
+The schemas are written here (JSON Schema 2020-12, as OpenAPI 3.1 takes it); each operation's
+summary is its route's docstring, and the limits (texts per request, characters, k) are the
+running settings, so the description never drifts from what the service enforces. The tests
+validate every response they receive against it, and check that every route is described.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from api.errors import STATUS
+from dc.config import Settings
+
+ERROR_CODES = sorted({kind.code for kind in STATUS} | {"internal_error"})
+
+# (path in OpenAPI form, method) -> (endpoint name, success status, success schema, error statuses)
+_OPERATIONS: dict[tuple[str, str], tuple[str, int, str, tuple[int, ...]]] = {
+    ("/predict/{model}", "post"): (
+        "predictions.predict_route",
+        200,
+        "PredictResponse",
+        (400, 404, 409, 413, 415, 422, 429, 503),
+    ),
+    ("/models", "get"): ("models.list_models", 200, "ModelList", ()),
+    ("/models/{model}", "get"): ("models.describe_model", 200, "ModelDetail", (404,)),
+    ("/health", "get"): ("operations.health", 200, "Health", ()),
+    ("/ready", "get"): ("operations.ready", 200, "Ready", (503,)),
+    ("/metrics", "get"): ("operations.prometheus_metrics", 200, "", ()),
+    ("/openapi.json", "get"): ("operations.openapi", 200, "OpenApiDocument", ()),
+    ("/admin/models/{model}/reload", "post"): (
+        "admin.reload_model",
+        200,
+        "ModelDetail",
+        (401, 403, 404, 409, 503),
+    ),
+    ("/admin/models/{model}/rollback", "post"): (
+        "admin.rollback_model",
+        200,
+        "ModelDetail",
+        (401, 403, 404, 409, 503),
+    ),
+    ("/admin/models/{model}/promote", "post"): (
+        "admin.promote_model",
+        200,
+        "ModelDetail",
+        (400, 401, 403, 404, 409, 415, 422, 503),
+    ),
+}
+
+_REASONS = {
+    400: "The body is not valid JSON.",
+    401: "The admin token is missing or wrong.",
+    403: "The admin endpoints are disabled (no DC_ADMIN_TOKEN).",
+    404: "Unknown model (or version).",
+    409: "The model's head was trained on another embedder, or the promotion rule refused.",
+    413: "Too many texts, or a body over the size limit.",
+    415: "The body is not declared as application/json.",
+    422: "The body breaks a rule: missing, empty or whitespace-only text, wrong types, a text "
+    "over the limit, unknown fields, k out of range.",
+    429: "The embedder's queue is full: retry after Retry-After seconds.",
+    503: "The embedder or the models are not available (texts in the phrase cache still "
+    "work): retry after Retry-After seconds.",
+    500: "An unexpected error (a bug): the envelope carries the request id to report.",
+}
+
+_NUMBER_0_1 = {"type": "number", "minimum": 0, "maximum": 1}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+
+
+def _schemas(settings: Settings) -> dict[str, Any]:
+    text = {"type": "string", "minLength": 1, "maxLength": settings.max_text_chars}
+    k = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": settings.max_top_k,
+        "default": settings.default_top_k,
+        "description": "How many classes to return per text, best first.",
+    }
+    ref = _ref
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message", "status", "request_id"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "code": {"type": "string", "description": ", ".join(ERROR_CODES)},
+                        "message": {"type": "string"},
+                        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                        "request_id": {"type": "string"},
+                    },
+                }
+            },
+        },
+        "PredictRequest": {
+            "description": 'Either {"text": "..."} or {"texts": ["...", ...]}; texts must not '
+            "be empty or whitespace only.",
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["text"],
+                    "additionalProperties": False,
+                    "properties": {"text": text, "k": k},
+                },
+                {
+                    "type": "object",
+                    "required": ["texts"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "texts": {
+                            "type": "array",
+                            "items": text,
+                            "minItems": 1,
+                            "maxItems": settings.max_texts_per_request,
+                        },
+                        "k": k,
+                    },
+                },
+            ],
+        },
+        "ScoredLabel": {
+            "type": "object",
+            "required": ["label", "probability"],
+            "additionalProperties": False,
+            "properties": {"label": {"type": "string"}, "probability": _NUMBER_0_1},
+        },
+        "Prediction": {
+            "type": "object",
+            "required": ["label", "probability", "top_k", "fallback", "cached"],
+            "properties": {
+                "label": {"type": "string"},
+                "probability": _NUMBER_0_1,
+                "top_k": {"type": "array", "items": ref("ScoredLabel"), "minItems": 1},
+                "fallback": {
+                    "type": "boolean",
+                    "description": "The top probability was below the model's threshold, so "
+                    "the label is the model's fallback label.",
+                },
+                "cached": {
+                    "type": "boolean",
+                    "description": "The text's embedding came from the phrase cache.",
+                },
+            },
+        },
+        "PredictResponse": {
+            "description": 'For {"text"}: the prediction\'s fields at the top level; for '
+            '{"texts"}: a "predictions" list in input order.',
+            "type": "object",
+            "required": ["request_id", "model", "version", "model_type"],
+            "properties": {
+                "request_id": {"type": "string"},
+                "model": {"type": "string"},
+                "version": {"type": "string"},
+                "model_type": {"type": "string"},
+                "label": {"type": "string"},
+                "probability": _NUMBER_0_1,
+                "top_k": {"type": "array", "items": ref("ScoredLabel")},
+                "fallback": {"type": "boolean"},
+                "cached": {"type": "boolean"},
+                "predictions": {"type": "array", "items": ref("Prediction"), "minItems": 1},
+            },
+            "oneOf": [
+                {"required": ["label", "probability", "top_k", "fallback", "cached"]},
+                {"required": ["predictions"]},
+            ],
+        },
+        "ModelSummary": {
+            "type": "object",
+            "required": ["name", "region", "status"],
+            "properties": {
+                "name": {"type": "string"},
+                "region": {"type": "string"},
+                "status": {"enum": ["serving", "refused", "failed", "pending"]},
+                "reason": _NULLABLE_STRING,
+                "version": _NULLABLE_STRING,
+                "model_type": _NULLABLE_STRING,
+                "embedder_fingerprint": _NULLABLE_STRING,
+                "classes": {"type": ["integer", "null"]},
+                "metrics": {"type": ["object", "null"]},
+                "loaded_at": _NULLABLE_STRING,
+            },
+        },
+        "ModelDetail": {
+            "allOf": [
+                ref("ModelSummary"),
+                {
+                    "type": "object",
+                    "required": ["versions"],
+                    "properties": {
+                        "versions": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["version", "status"],
+                                "properties": {
+                                    "version": {"type": "string"},
+                                    "status": {"enum": ["trained", "promoted", "archived"]},
+                                    "created_at": _NULLABLE_STRING,
+                                    "promoted_at": _NULLABLE_STRING,
+                                    "metrics": {"type": ["object", "null"]},
+                                },
+                            },
+                        }
+                    },
+                },
+            ]
+        },
+        "ModelList": {
+            "type": "object",
+            "required": ["region", "embedder_fingerprint", "models"],
+            "properties": {
+                "region": {"type": "string"},
+                "embedder_fingerprint": _NULLABLE_STRING,
+                "models": {"type": "array", "items": ref("ModelSummary")},
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "ok"}},
+        },
+        "Ready": {
+            "type": "object",
+            "required": ["status", "embedder_fingerprint", "models"],
+            "properties": {
+                "status": {"const": "ready"},
+                "embedder_fingerprint": _NULLABLE_STRING,
+                "models": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "PromoteRequest": {
+            "type": "object",
+            "required": ["version"],
+            "additionalProperties": False,
+            "properties": {
+                "version": {"type": "string", "minLength": 1},
+                "force": {"type": "boolean", "default": False},
+            },
+        },
+        "OpenApiDocument": {"type": "object", "required": ["openapi", "paths"]},
+    }
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": _REASONS[status],
+        "content": {"application/json": {"schema": _ref("Error")}},
+    }
+    if status in (429, 503):
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}
+    return response
+
+
+def build_spec(app: Flask, settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document of `app`, with the limits of `settings`."""
+    paths: dict[str, dict[str, Any]] = {}
+    for (path, method), (endpoint, status, schema, errors) in _OPERATIONS.items():
+        view = app.view_functions[endpoint]
+        summary = (view.__doc__ or "").strip().splitlines()[0]
+        success: dict[str, Any] = {"description": summary}
+        if schema:
+            success["content"] = {"application/json": {"schema": _ref(schema)}}
+        else:
+            success["content"] = {"text/plain": {"schema": {"type": "string"}}}
+        operation: dict[str, Any] = {
+            "operationId": endpoint.split(".")[-1],
+            "summary": summary,
+            "tags": [endpoint.split(".")[0]],
+            "responses": {
+                str(status): success,
+                **{str(code): _error_response(code) for code in errors},
+                "500": _error_response(500),
+            },
+        }
+        if "{model}" in path:
+            operation["parameters"] = [
+                {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+            ]
+        if path.startswith("/admin"):
+            operation["security"] = [{"adminToken": []}]
+        if endpoint == "predictions.predict_route":
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("PredictRequest")}},
+            }
+        if endpoint == "admin.promote_model":
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("PromoteRequest")}},
+            }
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "dc prediction API",
+            "version": "1",
+            "description": "Classify short phrases with the promoted version of each model. "
+            'Every error answers {"error": {code, message, status, request_id}}; every answer '
+            "carries X-Request-ID (send your own to correlate; it is the inference-log key).",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(settings),
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def described_rules() -> set[tuple[str, str]]:
+    """(Flask rule, METHOD) of every described operation, for the completeness test."""
+    return {
+        (path.replace("{", "<").replace("}", ">"), method.upper()) for path, method in _OPERATIONS
+    }

@@ -1,0 +1,146 @@
+"""Request validation: turn an HTTP request into checked values, or raise a `dc.errors` type.
+
+Nothing here knows about models or embeddings; the rules are the transport's contract, which
+`/openapi.json` publishes (`api/openapi.py`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Request
+
+from dc.config import Settings
+from dc.errors import (
+    Forbidden,
+    InvalidInput,
+    MalformedRequest,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from dc.nlp.validation import json_type, validate_text, validate_texts
+
+JSON_MEDIA_TYPE = "application/json"
+PREDICT_FIELDS = ("text", "texts", "k")
+PROMOTE_FIELDS = ("version", "force")
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """A checked prediction request.
+
+    Attributes:
+        texts: the texts to classify (one for a `{"text": ...}` body).
+        k: how many classes to return per text, best first.
+        single: the body was `{"text": ...}`, so the answer is one prediction, not a list.
+    """
+
+    texts: list[str]
+    k: int
+    single: bool
+
+
+def json_body(request: Request, *, required: bool = True) -> Any:
+    """The decoded JSON body.
+
+    Raises:
+        UnsupportedMediaType: a body that is not declared as application/json.
+        MalformedRequest: a body that does not decode as UTF-8 JSON.
+    """
+    data = request.get_data()
+    if not data and not required:
+        return {}
+    if request.mimetype != JSON_MEDIA_TYPE:
+        raise UnsupportedMediaType(
+            f"send the body as {JSON_MEDIA_TYPE} (got {request.mimetype or 'no Content-Type'})"
+        )
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedRequest(f"the body is not valid JSON: {exc}") from exc
+
+
+def parse_predict(payload: Any, settings: Settings) -> PredictRequest:
+    """Check a `/predict` body: `{"text": str}` or `{"texts": [str, ...]}`, and an optional `k`.
+
+    Raises:
+        InvalidInput: not an object, unknown fields, both or neither of text/texts, a text that is
+            not a string, empty, whitespace only, longer than `max_text_chars`, not valid
+            Unicode or holding NUL, or `k` not an integer in 1..`max_top_k`.
+        TooLarge: more than `max_texts_per_request` texts (413).
+    """
+    if not isinstance(payload, dict):
+        raise InvalidInput('the body must be a JSON object like {"text": "..."}')
+    unknown = sorted(set(payload) - set(PREDICT_FIELDS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(PREDICT_FIELDS)}"
+        )
+    if ("text" in payload) == ("texts" in payload):
+        raise InvalidInput('give exactly one of "text" (a string) or "texts" (a list of strings)')
+    single = "text" in payload
+    if single:
+        checked = [validate_text(payload["text"], max_chars=settings.max_text_chars)]
+        fields = ["text"]
+    else:
+        checked = validate_texts(
+            payload,
+            max_texts=settings.max_texts_per_request,
+            max_chars=settings.max_text_chars,
+        )
+        fields = [f"texts[{i}]" for i in range(len(checked))]
+    for field, text in zip(fields, checked, strict=True):
+        if not text.strip():
+            what = "empty" if not text else "whitespace only"
+            raise InvalidInput(f'"{field}" is {what}; send the phrase to classify')
+        if "\x00" in text:
+            # Every prediction is logged, and PostgreSQL text cannot hold NUL: refuse it here
+            # rather than answer a prediction whose log row could never be written.
+            raise InvalidInput(f'"{field}" contains a NUL character (\\u0000)')
+    return PredictRequest(texts=checked, k=_parse_k(payload.get("k"), settings), single=single)
+
+
+def _parse_k(value: Any, settings: Settings) -> int:
+    if value is None:
+        return min(settings.default_top_k, settings.max_top_k)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f'"k" must be an integer, not {json_type(value)}')
+    if not 1 <= value <= settings.max_top_k:
+        raise InvalidInput(f'"k" must be between 1 and {settings.max_top_k}, got {value}')
+    return value
+
+
+def parse_promote(payload: Any) -> tuple[str, bool]:
+    """Check an admin promote body `{"version": str, "force": bool}`; returns (version, force)."""
+    if not isinstance(payload, dict):
+        raise InvalidInput('the body must be a JSON object like {"version": "..."}')
+    unknown = sorted(set(payload) - set(PROMOTE_FIELDS))
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {', '.join(map(repr, unknown))}")
+    version, force = payload.get("version"), payload.get("force", False)
+    if not isinstance(version, str) or not version.strip():
+        raise InvalidInput('"version" must be a non-empty string')
+    if not isinstance(force, bool):
+        raise InvalidInput(f'"force" must be a boolean, not {json_type(force)}')
+    return version, force
+
+
+def check_admin_token(request: Request, settings: Settings) -> None:
+    """Require `Authorization: Bearer <DC_ADMIN_TOKEN>`.
+
+    Raises:
+        Forbidden: no token is configured (the admin endpoints are off).
+        Unauthorized: the header is missing or the token is wrong.
+    """
+    if not settings.admin_token:
+        raise Forbidden("the admin endpoints are disabled: set DC_ADMIN_TOKEN to enable them")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # Constant-time comparison: the answer's timing must not reveal how much of a guess matched.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), settings.admin_token.encode()
+    ):
+        raise Unauthorized("missing or wrong admin token (Authorization: Bearer <token>)")

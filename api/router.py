@@ -1,0 +1,183 @@
+"""The routes, in blueprints by audience: predictions, models, operations, admin.
+
+Thin on purpose: parse (`api.request_handlers`), call the core (`api.inference`, the model store),
+serialise. A route's one-line docstring is its summary in `/openapi.json`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from api.errors import request_id
+from api.inference import PredictionResult, Services, predict
+from api.openapi import build_spec
+from api.request_handlers import check_admin_token, json_body, parse_predict, parse_promote
+from dc.errors import NotReady
+from dc.postprocessing import Prediction
+
+predictions = Blueprint("predictions", __name__)
+models = Blueprint("models", __name__)
+operations = Blueprint("operations", __name__)
+admin = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def services() -> Services:
+    return current_app.extensions["dc.services"]
+
+
+# --- predictions --------------------------------------------------------------------------------
+
+
+@predictions.post("/predict/<model>")
+def predict_route(model: str):
+    """Classify one text or a batch of texts with the served version of a model."""
+    svc = services()
+    parsed = parse_predict(json_body(request), svc.settings)
+    result = predict(svc, model, parsed, request_id(), g.started)
+    done = time.perf_counter()
+    timings = {**result.timings, "total": done - g.started}
+    _observe(svc, result, timings)
+
+    head = result.head
+    body: dict = {
+        "request_id": request_id(),
+        "model": head.name,
+        "version": head.version,
+        "model_type": head.model_type,
+    }
+    items = [
+        _prediction_json(p, cached)
+        for p, cached in zip(result.predictions, result.cached, strict=True)
+    ]
+    if parsed.single:
+        body.update(items[0])
+    else:
+        body["predictions"] = items
+    response = jsonify(body)
+    response.headers["Server-Timing"] = ", ".join(
+        f"{stage};dur={seconds * 1000:.3f}" for stage, seconds in timings.items()
+    )
+    return response
+
+
+def _prediction_json(prediction: Prediction, cached: bool) -> dict:
+    return {
+        "label": prediction.label,
+        "probability": prediction.probability,
+        "top_k": [{"label": label, "probability": p} for label, p in prediction.top_k],
+        "fallback": prediction.fallback,
+        "cached": cached,
+    }
+
+
+def _observe(svc: Services, result: PredictionResult, timings: dict[str, float]) -> None:
+    metrics = svc.metrics
+    for stage, seconds in timings.items():
+        metrics.stage_seconds.labels(stage).observe(seconds)
+    metrics.predictions.labels(result.head.name, result.head.version).inc(len(result.cached))
+    hits = sum(result.cached)
+    if hits:
+        metrics.cache.labels("hit").inc(hits)
+    if hits < len(result.cached):
+        metrics.cache.labels("miss").inc(len(result.cached) - hits)
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+@models.get("/models")
+def list_models():
+    """Every model of the served region: status, served version, metrics, embedder."""
+    svc = services()
+    return jsonify(
+        region=svc.settings.serving_region,
+        embedder_fingerprint=svc.embedder.fingerprint(),
+        models=svc.store.describe(),
+    )
+
+
+@models.get("/models/<model>")
+def describe_model(model: str):
+    """One model: its served version, metrics, embedder fingerprint and every recorded version."""
+    return jsonify(services().store.describe(model))
+
+
+# --- operations ---------------------------------------------------------------------------------
+
+
+@operations.get("/health")
+def health():
+    """Liveness: the process answers."""
+    return jsonify(status="ok")
+
+
+@operations.get("/ready")
+def ready():
+    """Readiness: the embedder answers and every promoted model is loaded (or refused)."""
+    svc = services()
+    embedder = svc.embedder.require()
+    embedder.ping(timeout_s=1.0)
+    if not svc.store.ready:
+        raise NotReady(
+            "the models are not loaded yet (is the database reachable?)",
+            retry_after_s=svc.settings.retry_after_s,
+        )
+    return jsonify(
+        status="ready",
+        embedder_fingerprint=svc.embedder.fingerprint(),
+        models=svc.store.names(),
+    )
+
+
+@operations.get("/metrics")
+def prometheus_metrics():
+    """Prometheus metrics: requests, stage latency, cache, inference log (all workers)."""
+    svc = services()
+    svc.metrics.log_queue_depth.set(svc.inference_log.stats().queue_depth)
+    svc.metrics.models_served.set(len(svc.store.names()))
+    cache = getattr(svc.embedder.embedder, "cache", None)
+    if cache is not None:
+        svc.metrics.cache_size.set(cache.stats().size)
+    return Response(svc.metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+
+@operations.get("/openapi.json")
+def openapi():
+    """This API's OpenAPI 3.1 description: every endpoint, body and error."""
+    return jsonify(build_spec(current_app, services().settings))
+
+
+# --- admin --------------------------------------------------------------------------------------
+
+
+@admin.before_request
+def _require_token() -> None:
+    check_admin_token(request, services().settings)
+
+
+@admin.post("/models/<model>/reload")
+def reload_model(model: str):
+    """Reload the promoted version's files in every worker (admin token)."""
+    return jsonify(services().store.reload(model))
+
+
+@admin.post("/models/<model>/rollback")
+def rollback_model(model: str):
+    """Serve the previously promoted version again, in every worker (admin token)."""
+    return jsonify(services().store.rollback(model))
+
+
+@admin.post("/models/<model>/promote")
+def promote_model(model: str):
+    """Promote a recorded version (the promotion rule applies unless forced; admin token)."""
+    version, force = parse_promote(json_body(request))
+    return jsonify(services().store.promote(model, version, force=force))
+
+
+def register_routes(app: Flask) -> None:
+    """Attach every blueprint to `app`."""
+    for blueprint in (predictions, models, operations, admin):
+        app.register_blueprint(blueprint)

@@ -1,0 +1,1036 @@
+"""The non-blocking inference log: every served prediction becomes a row of `inferences`.
+
+A request thread only calls `InferenceLog.enqueue`, which puts rows on a bounded in-memory queue
+and returns at once; it never waits on the database and never raises. One background writer
+thread per process takes rows off the queue in batches and inserts each batch with a single
+``INSERT ... ON CONFLICT (request_id, item) DO NOTHING``, so a row written twice (a retried
+batch, a replayed spool, a spool written twice at shutdown) is stored exactly once.
+
+While the database is unreachable the rows go to an append-only spool on local disk and the
+writer tries the database again every `retry_interval_s`; when it answers, the spool is replayed.
+A full queue spills to the same spool from the request thread (an append to an open file, no
+database access), so overload degrades to disk writes, never to blocked requests.
+
+The spool (`spool_dir`, shared by every worker process on the machine):
+
+- ``spool-<pid>-<uuid>.jsonl``: JSON lines, one `InferenceRecord` per line with the field names
+  of the dataclass, `created_at` in ISO 8601 with its UTC offset. Each process appends only to
+  its own active file and holds an exclusive `fcntl.flock` on it while it is active. A file is
+  created under a hidden temporary name, locked, and only then renamed into place, so a replayer
+  never sees (and deletes) a file its writer has not locked yet.
+- Replay takes every ``spool-*.jsonl`` it can lock with ``LOCK_EX | LOCK_NB``: files of live
+  writers are skipped; files of dead workers, of a previous run, and the process's own rotated
+  file are replayed by whichever writer gets there first. A file is deleted only after every one
+  of its rows is committed (or quarantined); a replay cut short by an outage keeps the file, and
+  the next replay inserts it again, harmlessly. A line that does not parse (a torn last line of a
+  killed process) is skipped with a WARNING and kept in the rejected file for inspection.
+- ``rejected-<pid>-<uuid>.jsonl``: rows the database refused for their values (a string too long,
+  a value of the wrong type): one JSON object per line, ``{"error": ..., "record": ...}``. They
+  are counted as dropped and logged at ERROR; nothing replays them.
+
+Metrics (`stats()`, and the `listener` callback for Prometheus): enqueued, written (queue rows
+committed), spooled (rows appended to the spool), replayed (spool rows committed), dropped (rows
+rejected by the database, or that could not even be spooled: disk full) and lag. Nothing happens
+on import: no folder, no thread, no connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import Engine, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+
+from dc.utilities.decorators import is_transient_db_error
+from persistence.db import make_engine
+from persistence.models import Inference, to_utc
+
+log = logging.getLogger(__name__)
+
+SPOOL_PREFIX = "spool-"
+REJECTED_PREFIX = "rejected-"
+SPOOL_SUFFIX = ".jsonl"
+
+# PostgreSQL error classes (SQLSTATE's first two characters) that say "the database cannot take
+# rows right now", whatever the rows: connection (08), transaction rollback (40), syntax or
+# access rule, e.g. a missing table or privilege (42), insufficient resources (53), object not
+# in prerequisite state (55), operator intervention, e.g. shutdown (57), system error (58),
+# internal error (XX). The rows are kept in the spool and retried. Anything else (22 data
+# exception, 23 integrity constraint, ...) is about a row's values: that row is quarantined.
+_PG_OUTAGE_CLASSES = frozenset({"08", "40", "42", "53", "55", "57", "58", "XX"})
+
+# How often the writer looks for spool files left by other (dead) processes while the database
+# is available; its own spilled rows are replayed as soon as the queue has room.
+_ORPHAN_SCAN_S = 30.0
+# Repeated warnings (queue full, listener failures) are logged at most this often.
+_WARN_EVERY_S = 10.0
+# Put on the queue by flush() and close(): a writer waiting to fill a batch writes it at once.
+_WAKE = (None, 0.0)
+
+
+@dataclass(frozen=True)
+class InferenceRecord:
+    """One served prediction for one text: a future row of `inferences`.
+
+    A request of N texts gives N records with the same `request_id` and `item` 0..N-1;
+    (`request_id`, `item`) is the idempotency key.
+    """
+
+    request_id: str
+    item: int
+    created_at: datetime  # aware UTC (a naive value is taken to be UTC)
+    model: str
+    region: str
+    version: str
+    model_type: str
+    input_text: str
+    predicted_label: str
+    probability: float
+    top_k: list[dict[str, Any]]  # [{"label": str, "probability": float}, ...], best first
+    latency_ms: float
+    cache_hit: bool
+    embedder_fingerprint: str
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(InferenceRecord))
+_TEXT_FIELDS = (
+    "request_id",
+    "model",
+    "region",
+    "version",
+    "model_type",
+    "input_text",
+    "predicted_label",
+    "embedder_fingerprint",
+)
+
+
+@dataclass(frozen=True)
+class LogStats:
+    """This process's view of its inference log.
+
+    The counters count rows since the log was created. `lag_s` is the time from `enqueue` to
+    commit of the oldest row of the last queue batch written to the database (0.0 before the
+    first one); rows that went through the spool are not part of it. `spool_files` and
+    `spool_bytes` cover every process's ``spool-*.jsonl`` in the spool folder.
+    """
+
+    enqueued: int
+    written: int
+    spooled: int
+    replayed: int
+    dropped: int
+    queue_depth: int
+    lag_s: float
+    database_available: bool
+    spool_files: int
+    spool_bytes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (for JSON status pages)."""
+        return asdict(self)
+
+
+def record_to_row(record: InferenceRecord) -> dict[str, Any]:
+    """The column values of `record`, coerced to the types the table stores.
+
+    The API may hand over numpy scalars or UUID objects; neither the JSON spool nor the database
+    driver accepts those, so every value is converted to its plain Python type here.
+    `top_k` keeps exactly the documented keys, ``label`` and ``probability``.
+
+    Raises:
+        ValueError, TypeError, KeyError: a value that cannot be converted (a missing field, a
+            probability that is not a number...). The record cannot be stored.
+    """
+    row: dict[str, Any] = {}
+    for name in _TEXT_FIELDS:
+        value = getattr(record, name)
+        if value is None:
+            raise ValueError(f"{name} is missing")
+        row[name] = value if isinstance(value, str) else str(value)
+    if not isinstance(record.created_at, datetime):
+        raise TypeError(f"created_at must be a datetime, not {type(record.created_at).__name__}")
+    row["item"] = int(record.item)
+    row["created_at"] = to_utc(record.created_at)
+    row["probability"] = float(record.probability)
+    row["latency_ms"] = float(record.latency_ms)
+    row["cache_hit"] = bool(record.cache_hit)
+    row["top_k"] = [
+        {"label": str(entry["label"]), "probability": float(entry["probability"])}
+        for entry in record.top_k
+    ]
+    return row
+
+
+def record_to_json(record: InferenceRecord) -> str:
+    """One spool line (without the newline): the record as JSON, `created_at` in ISO 8601.
+
+    ASCII only (``ensure_ascii``), so any text, even one with an unpaired surrogate, has a
+    byte form, and a line break inside a text can never split a line.
+    """
+    row = record_to_row(record)
+    row["created_at"] = row["created_at"].isoformat()
+    return json.dumps(row, ensure_ascii=True, separators=(",", ":"))
+
+
+def record_from_json(line: str | bytes) -> InferenceRecord:
+    """Parse one spool line back into a record (unknown keys are ignored).
+
+    Raises:
+        ValueError: not JSON, not an object, a field missing or of the wrong type.
+    """
+    try:
+        data = json.loads(line)
+        if not isinstance(data, dict):
+            raise ValueError("a spool line must be a JSON object")
+        values = {name: data[name] for name in _RECORD_FIELDS}
+        values["created_at"] = to_utc(datetime.fromisoformat(values["created_at"]))
+        record = InferenceRecord(**values)
+        record_to_row(record)  # fail here, on a bad line, rather than later in a batch
+    except KeyError as missing:
+        raise ValueError(f"field {missing} missing") from None
+    except (TypeError, AttributeError) as error:
+        raise ValueError(str(error)) from None
+    return record
+
+
+def _summary(error: BaseException) -> str:
+    """The first line of an error, for log records (drivers add SQL and parameters below)."""
+    message = str(getattr(error, "orig", None) or error).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` means the database cannot take rows now (keep them, retry later).
+
+    True: a lost, refused or timed-out connection, a server shutting down, a locked or missing
+    SQLite file or table, a missing table or privilege on PostgreSQL. False: an error about the
+    values of the rows (too long, wrong type, constraint), which retrying cannot fix.
+    """
+    if is_transient_db_error(error):
+        code = getattr(getattr(error, "orig", None), "pgcode", None)
+        # psycopg2 files a few value errors (class 54: program limit exceeded) under
+        # OperationalError; a SQLSTATE, when there is one, is the better witness.
+        return code is None or code[:2] in _PG_OUTAGE_CLASSES
+    if isinstance(error, sa_exc.DBAPIError):
+        orig = error.orig
+        if isinstance(orig, sqlite3.OperationalError):  # no such table, unable to open, I/O
+            return True
+        code = getattr(orig, "pgcode", None)
+        return bool(code) and code[:2] in _PG_OUTAGE_CLASSES
+    return False
+
+
+@dataclass
+class _Outcome:
+    """What became of a list of rows handed to `_insert`."""
+
+    committed: int = 0  # committed to the database (including rows already there)
+    rejected: int = 0  # refused for their values: quarantined, counted as dropped
+    unsent: list[InferenceRecord] | None = None  # not stored: the database went away
+    error: BaseException | None = None  # the outage error, when unsent
+
+
+class _SpoolFile:
+    """The process's active spool file: created locked, appended to, fsync'ed when closed."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{SPOOL_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{SPOOL_SUFFIX}"
+        self.path = folder / name
+        # Locked under a name replay does not look at, then renamed: a replayer must never
+        # find an unlocked file that a live writer is about to append to.
+        hidden = folder / f".{name}.tmp"
+        self._handle: BinaryIO = open(hidden, "ab")  # noqa: SIM115 (lives until rotate())
+        try:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(hidden, self.path)
+        except BaseException:
+            self._handle.close()
+            with contextlib.suppress(OSError):
+                hidden.unlink()
+            raise
+
+    def append(self, data: bytes, *, sync: bool) -> None:
+        """Append complete lines; flushed to the OS (survives this process), fsync'ed if `sync`."""
+        self._handle.write(data)
+        self._handle.flush()
+        if sync:
+            os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        """fsync and close: the lock goes with the file descriptor, so replay may take it."""
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        finally:
+            self._handle.close()
+
+
+class InferenceLog:
+    """Writes `InferenceRecord`s to the `inferences` table without ever slowing a request.
+
+    One instance per process, started after gunicorn forks (its thread, engine connections and
+    spool file belong to the process that starts it)::
+
+        inference_log = InferenceLog(settings.database_url_or_default, settings.spool_dir).start()
+        inference_log.enqueue(records)   # request threads
+        inference_log.close()            # gunicorn worker_exit
+
+    Args:
+        url: SQLAlchemy URL of the inference database (PostgreSQL or a SQLite file), schema at
+            Alembic head.
+        spool_dir: folder of the spool files, shared by the workers of one machine; created at
+            the first spooled row.
+        max_queue: rows held in memory; beyond it rows go straight to the spool.
+        batch_size: most rows per INSERT.
+        flush_interval_s: longest the writer waits to fill a batch once a row is queued.
+        retry_interval_s: while the database is unreachable, how often it is tried again.
+        listener: called as ``listener(kind, value)`` for "enqueued", "written", "spooled",
+            "replayed", "dropped" (value: rows) and "lag" (value: seconds), from the thread that
+            did the work. Must be cheap; an exception from it is logged and ignored.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        spool_dir: str | Path,
+        *,
+        max_queue: int = 10_000,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.2,
+        retry_interval_s: float = 2.0,
+        listener: Callable[[str, float], None] | None = None,
+    ) -> None:
+        if max_queue < 1 or batch_size < 1:
+            raise ValueError("max_queue and batch_size must be at least 1")
+        if flush_interval_s <= 0 or retry_interval_s <= 0:
+            raise ValueError("flush_interval_s and retry_interval_s must be positive")
+        self._url = url
+        self._spool_dir = Path(spool_dir)
+        self._max_queue = max_queue
+        self._batch_size = batch_size
+        self._flush_interval_s = flush_interval_s
+        self._retry_interval_s = retry_interval_s
+        self._listener = listener
+        self._engine = _make_log_engine(url)  # no connection until the first query
+        table = Inference.__table__
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        self._insert_statement = dialect.insert(table).on_conflict_do_nothing(
+            index_elements=["request_id", "item"]
+        )
+        # PostgreSQL text cannot hold NUL characters (SQLite can): stored as U+FFFD there.
+        self._strip_nul = self._engine.dialect.name == "postgresql"
+
+        # Items are (record, time.monotonic() at enqueue) pairs, or the `_WAKE` marker.
+        self._queue: queue.Queue[tuple[InferenceRecord | None, float]] = queue.Queue(max_queue)
+        # Held while checking `_closed` and putting rows on the queue, and by close() to set it:
+        # after close() no row can land on a queue that nobody drains any more.
+        self._accept_lock = threading.Lock()
+        self._closed = False
+        # Held by whoever takes rows off the queue, while taking them; lets close() take over a
+        # stuck writer's work without losing the batch it holds (`_inflight`).
+        self._take_lock = threading.Lock()
+        self._inflight: list[InferenceRecord] | None = None
+        self._abandoned = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+        # One lock for every spool append (writer thread, request threads on a full queue).
+        self._spool_lock = threading.Lock()
+        self._spool: _SpoolFile | None = None
+        self._spool_pending = False  # own spool file holds rows: replay when there is room
+        self._rejected_path: Path | None = None
+
+        self._stats_lock = threading.Lock()
+        self._done_cond = threading.Condition(self._stats_lock)
+        self._queued_total = 0  # rows put on the queue
+        self._done_total = 0  # rows taken off the queue and written, spooled or dropped
+        self._counts = dict.fromkeys(("enqueued", "written", "spooled", "replayed", "dropped"), 0)
+        self._lag_s = 0.0
+        self._wake_pending = False  # a _WAKE marker is on the queue (not a row)
+
+        self._available = True
+        self._probe_error: BaseException | None = None
+        self._down_since = 0.0
+        self._spooled_at_down = 0
+        self._next_attempt = 0.0
+        self._next_orphan_scan = 0.0
+        self._last_warning: dict[str, float] = {}
+
+    # --- public interface ------------------------------------------------------------------
+
+    def start(self) -> InferenceLog:
+        """Start the writer thread (a daemon); it first replays spool files left behind.
+
+        Returns:
+            self, so that ``log = InferenceLog(...).start()`` works. Calling it again is a no-op.
+        """
+        with self._accept_lock:
+            if self._closed:
+                raise RuntimeError("this InferenceLog is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="inference-log-writer", daemon=True
+                )
+                self._thread.start()
+        return self
+
+    def enqueue(self, records: Sequence[InferenceRecord]) -> None:
+        """Hand rows to the writer. Never blocks on the database, never raises.
+
+        Rows that do not fit in the queue are appended to the spool right here. After
+        `close()`, every row goes straight to the spool.
+        """
+        try:
+            if not records:
+                return
+            now = time.monotonic()
+            overflow: Sequence[InferenceRecord] = ()
+            with self._accept_lock:
+                if self._closed:
+                    overflow = records
+                else:
+                    for i, record in enumerate(records):
+                        try:
+                            self._queue.put_nowait((record, now))
+                        except queue.Full:
+                            overflow = records[i:]
+                            break
+                    queued = len(records) - len(overflow)
+                    if queued:
+                        with self._stats_lock:
+                            self._queued_total += queued
+            self._count("enqueued", len(records))
+            if overflow:
+                if not self._closed:
+                    self._warn_sometimes(
+                        "full",
+                        "inference log queue full (%d rows): spooling to disk",
+                        self._max_queue,
+                    )
+                # The request thread writes to the local disk itself (no database): this is
+                # the slow path of an overloaded or closing writer, and it keeps every row.
+                self._spool_records(overflow, sync=False)
+        except Exception:  # a prediction must never fail because of its log
+            log.exception("inference log: enqueue failed for %d rows", len(records or ()))
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every row enqueued so far is written to the database or spooled.
+
+        Without a running writer (never started, or closed) the calling thread does the work.
+
+        Args:
+            timeout_s: the longest to wait.
+
+        Returns:
+            True if everything was handled in time.
+        """
+        with self._stats_lock:
+            target = self._queued_total
+        self._wake()
+        thread = self._thread
+        if thread is None or not thread.is_alive() or self._abandoned:
+            self._drain(to_database=True, deadline=time.monotonic() + timeout_s)
+        with self._done_cond:
+            return self._done_cond.wait_for(lambda: self._done_total >= target, timeout_s)
+
+    def replay_spool(self) -> int:
+        """Insert the rows of every spool file not owned by a live writer, then delete it.
+
+        The process's own active file is closed first (rotated) so that it is replayed too.
+        Stops at the first outage, keeping the file being replayed (it is replayed again later,
+        idempotently) and marking the database unavailable.
+
+        Returns:
+            Rows committed from the spool by this call (rows already stored count too).
+        """
+        with self._spool_lock:
+            self._rotate_spool_locked()
+            self._spool_pending = False
+        total = files = 0
+        try:
+            for path in self._spool_candidates():
+                replayed, finished = self._replay_file(path)
+                total += replayed
+                files += finished
+                if not finished and not self._available:
+                    break
+        except Exception:  # the writer thread must survive a surprise
+            log.exception("inference log: spool replay failed")
+        if total or files:
+            log.info("inference log: replayed %d rows from %d spool file(s)", total, files)
+        return total
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the writer after it has written (or, the database down, spooled) the queue.
+
+        Idempotent. If the writer does not finish within `timeout_s` (a database that hangs),
+        the remaining rows and the batch it holds are spooled (that batch may then be both in
+        the database and the spool: replay stores it once). Afterwards `enqueue` spools.
+        """
+        with self._accept_lock:
+            if self._closed:
+                return
+            self._closed = True
+        deadline = time.monotonic() + timeout_s
+        self._stop.set()
+        self._wake()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.error(
+                    "inference log: writer still busy after %.1f s; spooling what it holds",
+                    timeout_s,
+                )
+                self._abandoned = True
+                with self._take_lock:
+                    held = list(self._inflight or ())
+                if held:
+                    self._spool_records(held, sync=True)
+        # Rows still queued: a writer never started, or given up on above.
+        self._drain(to_database=not self._abandoned, deadline=deadline)
+        with self._spool_lock:
+            self._rotate_spool_locked()
+        self._engine.dispose()
+        stats = self.stats()
+        log.info(
+            "inference log closed: %d enqueued, %d written, %d spooled, %d replayed, %d dropped",
+            stats.enqueued,
+            stats.written,
+            stats.spooled,
+            stats.replayed,
+            stats.dropped,
+        )
+
+    def stats(self) -> LogStats:
+        """A snapshot of this process's counters (and of the spool folder's size)."""
+        files = size = 0
+        with contextlib.suppress(OSError), os.scandir(self._spool_dir) as entries:
+            for entry in entries:
+                if _is_spool_name(entry.name):
+                    with contextlib.suppress(OSError):
+                        size += entry.stat().st_size
+                        files += 1
+        with self._stats_lock:
+            counts = dict(self._counts)
+            lag = self._lag_s
+            depth = max(0, self._queue.qsize() - self._wake_pending)
+        return LogStats(
+            **counts,
+            queue_depth=depth,
+            lag_s=lag,
+            database_available=self._available,
+            spool_files=files,
+            spool_bytes=size,
+        )
+
+    # --- the writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        log.info(
+            "inference log writer started (queue %d, batch %d, spool %s)",
+            self._max_queue,
+            self._batch_size,
+            self._spool_dir,
+        )
+        self._try_database()  # and replay what earlier runs or dead workers left
+        poll_s = min(max(self._flush_interval_s, 0.05), 0.5)
+        while True:
+            try:
+                with self._take_lock:
+                    if self._abandoned:
+                        return
+                    items = self._take(first_wait_s=poll_s)
+                    self._inflight = [record for record, _ in items]
+                try:
+                    if not items and self._stop.is_set() and not self._queue.qsize():
+                        return
+                    if items:
+                        self._handle_batch(items)
+                finally:
+                    self._inflight = None
+                self._housekeeping()
+            except Exception:  # never let the writer die
+                log.exception("inference log writer: unexpected error")
+                time.sleep(poll_s)
+
+    def _take(self, first_wait_s: float = 0.0) -> list[tuple[InferenceRecord, float]]:
+        """Take up to `batch_size` queued rows (call with `_take_lock`).
+
+        Waits up to `first_wait_s` for a first row, then up to `flush_interval_s` for more;
+        never waits while shutting down or when `first_wait_s` is 0. A wake-up marker (from
+        `flush` or `close`) ends the wait at once.
+        """
+        wait = not self._stop.is_set() and first_wait_s > 0
+        items: list[tuple[InferenceRecord, float]] = []
+        deadline = time.monotonic() + first_wait_s
+        while len(items) < self._batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                if wait and remaining > 0:
+                    record, enqueued = self._queue.get(timeout=remaining)
+                else:
+                    record, enqueued = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if record is None:  # _WAKE
+                with self._stats_lock:
+                    self._wake_pending = False
+                break
+            if not items:
+                deadline = time.monotonic() + self._flush_interval_s
+            items.append((record, enqueued))
+        return items
+
+    def _wake(self) -> None:
+        """Make a writer waiting for rows go on at once (a full queue wakes it anyway).
+
+        At most one marker is on the queue at a time, so flush() calls cannot fill it up.
+        """
+        with self._stats_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._queue.put_nowait(_WAKE)
+        except queue.Full:
+            with self._stats_lock:
+                self._wake_pending = False
+
+    def _handle_batch(self, items: list[tuple[InferenceRecord, float]]) -> None:
+        """Write one queue batch to the database, or to the spool while it is away.
+
+        Never raises: whatever goes wrong, the rows end up in the database or the spool (or,
+        disk full, counted as dropped), and they are counted as done exactly once.
+        """
+        records = [record for record, _ in items]
+        try:
+            if not self._available and not self._stop.is_set() and self._retry_due():
+                self._try_database()
+            if not self._available:
+                self._spool_records(records, sync=True)
+                return
+            outcome = self._insert(records)
+            if outcome.committed:
+                self._count("written", outcome.committed)
+                self._set_lag(time.monotonic() - min(enqueued for _, enqueued in items))
+            if outcome.unsent:
+                self._mark_unavailable(outcome.error)
+                self._spool_records(outcome.unsent, sync=True)
+        except Exception:  # a bug must not lose the batch; replay is idempotent
+            log.exception(
+                "inference log: unexpected error writing %d rows; spooling them", len(records)
+            )
+            self._spool_records(records, sync=True)
+        finally:
+            self._mark_done(len(records))
+
+    def _housekeeping(self) -> None:
+        """Between batches: retry the database when due; replay spilled and orphaned rows."""
+        if self._stop.is_set():
+            return
+        now = time.monotonic()
+        if not self._available:
+            if self._retry_due():
+                self._try_database()
+            return
+        # Replay only with room in the queue: an overloaded writer first serves the queue.
+        roomy = self._queue.qsize() < max(self._max_queue // 2, 1)
+        if roomy and (self._spool_pending or now >= self._next_orphan_scan):
+            self._next_orphan_scan = now + _ORPHAN_SCAN_S
+            if self._spool_pending or any(True for _ in self._spool_candidates()):
+                self.replay_spool()
+
+    def _drain(self, *, to_database: bool, deadline: float) -> None:
+        """Handle whatever is queued in the calling thread (no writer running)."""
+        with self._take_lock:
+            while self._queue.qsize():
+                items = self._take()
+                if not items:
+                    continue  # only a wake-up marker
+                if to_database and time.monotonic() < deadline:
+                    self._handle_batch(items)
+                else:
+                    try:
+                        self._spool_records([record for record, _ in items], sync=True)
+                    finally:
+                        self._mark_done(len(items))
+
+    # --- the database ----------------------------------------------------------------------
+
+    def _retry_due(self) -> bool:
+        return time.monotonic() >= self._next_attempt
+
+    def _probe(self) -> bool:
+        """Whether the database answers ``SELECT 1`` (errors are logged at DEBUG)."""
+        try:
+            with self._engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception as error:  # whatever it is, the database does not answer
+            self._probe_error = error
+            log.debug("inference database probe failed: %s", _summary(error))
+            return False
+        return True
+
+    def _try_database(self) -> bool:
+        """Probe the database; when it answers, mark it available and replay the spool."""
+        if not self._probe():
+            self._mark_unavailable(self._probe_error)
+            return False
+        if not self._available:
+            with self._stats_lock:
+                spooled = self._counts["spooled"] - self._spooled_at_down
+            log.info(
+                "inference database reachable again after %.1f s (%d rows spooled meanwhile); "
+                "replaying the spool",
+                time.monotonic() - self._down_since,
+                spooled,
+            )
+            self._available = True
+        self._next_orphan_scan = time.monotonic() + _ORPHAN_SCAN_S
+        self.replay_spool()
+        return self._available
+
+    def _mark_unavailable(self, error: BaseException | None) -> None:
+        self._next_attempt = time.monotonic() + self._retry_interval_s
+        if self._available:
+            self._available = False
+            self._down_since = time.monotonic()
+            with self._stats_lock:
+                self._spooled_at_down = self._counts["spooled"]
+            log.warning(
+                "inference database unavailable (%s): spooling rows to %s, retrying every %.1f s",
+                _summary(error) if error else "unknown error",
+                self._spool_dir,
+                self._retry_interval_s,
+            )
+        else:
+            log.debug("inference database still unavailable: %s", error and _summary(error))
+
+    def _insert(self, records: Sequence[InferenceRecord]) -> _Outcome:
+        """Insert `records`, in one statement if possible, else row by row.
+
+        A batch refused for the values of some row is retried row by row, so one bad row costs
+        only itself: it is quarantined (rejected file, counted as dropped). A row is blamed
+        only when the database still answers a probe right after refusing it: an error this
+        module does not know (a pool timeout, say) must not turn rows into rejects. An outage
+        at any point returns the rows not yet stored as `unsent`, for the caller to keep.
+        """
+        outcome = _Outcome()
+        rows: list[dict[str, Any]] = []
+        good: list[InferenceRecord] = []
+        for record in records:
+            try:
+                rows.append(self._db_row(record))
+                good.append(record)
+            except Exception as error:  # a bad value, not an outage
+                self._reject(record, error)
+                outcome.rejected += 1
+        if not rows:
+            return outcome
+        try:
+            self._execute(rows)
+            outcome.committed = len(rows)
+            return outcome
+        except Exception as error:  # classified below
+            if is_outage(error):
+                outcome.unsent, outcome.error = good, error
+                return outcome
+            log.warning(
+                "inference log: a batch of %d rows was refused (%s); retrying row by row",
+                len(rows),
+                _summary(error),
+            )
+        for i, (row, record) in enumerate(zip(rows, good, strict=True)):
+            try:
+                self._execute([row])
+                outcome.committed += 1
+            except Exception as error:  # classified below
+                if is_outage(error) or not self._probe():
+                    outcome.unsent, outcome.error = good[i:], error
+                    return outcome
+                self._reject(record, error)
+                outcome.rejected += 1
+        return outcome
+
+    def _db_row(self, record: InferenceRecord) -> dict[str, Any]:
+        row = record_to_row(record)
+        if self._strip_nul:
+            for name in _TEXT_FIELDS:
+                if "\x00" in row[name]:
+                    row[name] = row[name].replace("\x00", "\ufffd")
+        return row
+
+    def _execute(self, rows: list[dict[str, Any]]) -> None:
+        # One transaction; psycopg2 sends the rows as multi-row VALUES pages (insertmanyvalues).
+        with self._engine.begin() as connection:
+            connection.execute(self._insert_statement, rows)
+
+    # --- the spool -------------------------------------------------------------------------
+
+    def _spool_records(self, records: Sequence[InferenceRecord], *, sync: bool) -> None:
+        """Append `records` to this process's spool file; never raises.
+
+        A record that cannot be serialised is quarantined; if the file cannot be written (disk
+        full, permissions) the rows are counted as dropped and logged at ERROR: the one case in
+        which rows are lost.
+        """
+        lines: list[str] = []
+        for record in records:
+            try:
+                lines.append(record_to_json(record))
+            except Exception as error:  # a bad value
+                self._reject(record, error)
+        if not lines:
+            return
+        data = ("\n".join(lines) + "\n").encode("ascii")
+        try:
+            with self._spool_lock:
+                if self._spool is None:
+                    self._spool = _SpoolFile(self._spool_dir)
+                try:
+                    self._spool.append(data, sync=sync)
+                except BaseException:
+                    # Start a new file next time: this one may end in a torn line.
+                    with contextlib.suppress(Exception):
+                        self._spool.close()
+                    self._spool = None
+                    raise
+                self._spool_pending = True
+        except Exception as error:  # disk full, permissions...
+            log.error(
+                "inference log: DROPPED %d rows: cannot write the spool in %s: %s",
+                len(lines),
+                self._spool_dir,
+                error,
+            )
+            self._count("dropped", len(lines))
+            return
+        self._count("spooled", len(lines))
+
+    def _rotate_spool_locked(self) -> None:
+        """Close the active spool file (call with `_spool_lock`): it becomes replayable."""
+        if self._spool is not None:
+            spool, self._spool = self._spool, None
+            try:
+                spool.close()
+            except OSError as error:
+                log.error("inference log: closing spool file %s failed: %s", spool.path, error)
+
+    def _spool_candidates(self) -> Iterator[Path]:
+        """Spool files in the folder, oldest first (they may vanish while we look)."""
+        try:
+            entries = [entry for entry in os.scandir(self._spool_dir) if _is_spool_name(entry.name)]
+        except OSError:
+            return
+        found = []
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                found.append((entry.stat().st_mtime, entry.path))
+        for _, path in sorted(found):
+            yield Path(path)
+
+    def _replay_file(self, path: Path) -> tuple[int, bool]:
+        """Replay one spool file if it can be locked.
+
+        Returns:
+            (rows committed, whether the file is finished and deleted).
+        """
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 (closed in the finally below)
+        except FileNotFoundError:
+            return 0, False
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0, False  # a live writer's active file, or another replayer's
+            # Another replayer may have finished (and deleted) this file between our open() and
+            # our lock: then we hold a lock on a file that is gone.
+            try:
+                if os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
+                    return 0, False
+            except FileNotFoundError:
+                return 0, False
+            replayed = 0
+            for chunk in self._read_spool(path, handle):
+                outcome = self._insert(chunk)
+                replayed += outcome.committed
+                if outcome.committed:
+                    self._count("replayed", outcome.committed)
+                if outcome.unsent:
+                    self._mark_unavailable(outcome.error)
+                    log.warning(
+                        "inference log: replay of %s stopped by the outage after %d rows; "
+                        "the file is kept",
+                        path.name,
+                        replayed,
+                    )
+                    return replayed, False
+                self._serve_queue_during_replay()
+                if not self._available:  # a queue batch found the database gone
+                    return replayed, False
+            path.unlink()
+            return replayed, True
+        finally:
+            handle.close()
+
+    def _read_spool(self, path: Path, handle: BinaryIO) -> Iterator[list[InferenceRecord]]:
+        """The records of a spool file in chunks of `batch_size`; bad lines are set aside."""
+        chunk: list[InferenceRecord] = []
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                chunk.append(record_from_json(line))
+            except Exception as error:  # a torn or corrupt line
+                torn = not line.endswith(b"\n")
+                log.warning(
+                    "inference log: skipping %s line %d of %s (%s); kept in the rejected file",
+                    "torn" if torn else "unreadable",
+                    number,
+                    path.name,
+                    error,
+                )
+                self._write_rejected(
+                    {
+                        "error": f"unreadable spool line {number} of {path.name}: {error}",
+                        "line": line.decode("utf-8", errors="replace"),
+                    }
+                )
+                continue
+            if len(chunk) >= self._batch_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def _serve_queue_during_replay(self) -> None:
+        """In the writer thread, write a queue batch between replay chunks when rows pile up.
+
+        A long spool must not starve the live rows: without this the queue would fill up and
+        spill into the spool while the spool is being emptied.
+        """
+        if threading.current_thread() is not self._thread:
+            return
+        if self._queue.qsize() < min(self._batch_size, max(self._max_queue // 2, 1)):
+            return
+        held = self._inflight  # the batch that led to this replay, if any: still held
+        with self._take_lock:
+            items = self._take()
+            self._inflight = [*(held or ()), *(record for record, _ in items)]
+        try:
+            if items:
+                self._handle_batch(items)
+        finally:
+            self._inflight = held
+
+    def _reject(self, record: InferenceRecord, error: BaseException) -> None:
+        """Quarantine a record the database refused (or that cannot be stored at all)."""
+        log.error(
+            "inference log: rejected row %s#%s: %s",
+            getattr(record, "request_id", "?"),
+            getattr(record, "item", "?"),
+            _summary(error),
+        )
+        try:
+            payload: Any = json.loads(record_to_json(record))
+        except Exception:  # unserialisable: keep what can be kept
+            payload = repr(record)
+        self._write_rejected({"error": _summary(error), "record": payload})
+        self._count("dropped", 1)
+
+    def _write_rejected(self, entry: dict[str, Any]) -> None:
+        line = (json.dumps(entry, ensure_ascii=True, default=str) + "\n").encode("ascii")
+        try:
+            with self._spool_lock:
+                if self._rejected_path is None:
+                    self._spool_dir.mkdir(parents=True, exist_ok=True)
+                    name = f"{REJECTED_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{SPOOL_SUFFIX}"
+                    self._rejected_path = self._spool_dir / name
+                with open(self._rejected_path, "ab") as handle:
+                    handle.write(line)
+        except OSError as error:
+            log.error("inference log: cannot write the rejected file: %s", error)
+
+    # --- counters --------------------------------------------------------------------------
+
+    def _count(self, kind: str, rows: int) -> None:
+        with self._stats_lock:
+            self._counts[kind] += rows
+        self._emit(kind, rows)
+
+    def _set_lag(self, seconds: float) -> None:
+        with self._stats_lock:
+            self._lag_s = seconds
+        self._emit("lag", seconds)
+
+    def _mark_done(self, rows: int) -> None:
+        with self._done_cond:
+            self._done_total += rows
+            self._done_cond.notify_all()
+
+    def _emit(self, kind: str, value: float) -> None:
+        if self._listener is None:
+            return
+        try:
+            self._listener(kind, value)
+        except Exception:  # metrics must not break logging
+            if self._warn_sometimes("listener", "inference log: listener failed on %r", kind):
+                log.debug("listener traceback", exc_info=True)
+
+    def _warn_sometimes(self, key: str, message: str, *args: Any) -> bool:
+        """Log a WARNING at most every `_WARN_EVERY_S` per `key`; True if it was logged."""
+        now = time.monotonic()
+        if now - self._last_warning.get(key, -_WARN_EVERY_S) < _WARN_EVERY_S:
+            return False
+        self._last_warning[key] = now
+        log.warning(message, *args)
+        return True
+
+
+def _is_spool_name(name: str) -> bool:
+    return name.startswith(SPOOL_PREFIX) and name.endswith(SPOOL_SUFFIX)
+
+
+def _make_log_engine(url: str) -> Engine:
+    """An engine that fails fast: a short connect timeout (PostgreSQL) or busy wait (SQLite).
+
+    Pooled connections are pinged on checkout, so after a database restart the first batch gets
+    a fresh connection instead of an error.
+    """
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        # The writer of another worker may hold the file's write lock: wait up to 5 s for it.
+        connect_args: dict[str, Any] = {"timeout": 5.0}
+        return make_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    connect_args = {
+        "connect_timeout": 3,
+        "application_name": "dc-inference-log",
+        # Notice a server that vanished without closing the connection within about 25 s.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+    return make_engine(
+        url, connect_args=connect_args, pool_pre_ping=True, pool_size=2, max_overflow=2
+    )
