@@ -23,6 +23,7 @@ from api.metrics import ApiMetrics
 from api.router import register_routes
 from dc.config import Settings, get_settings
 from dc.nlp.embeddings import Embedder
+from dc.nlp.validation import max_body_bytes
 from dc.serving import ModelStore
 from dc.utilities.logging import configure_logging
 from persistence.db import make_engine, session_factory
@@ -43,10 +44,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     configure_logging(settings.log_level)
     app = Flask(__name__)
     app.json.sort_keys = False
-    # Room for JSON escapes (up to 12 bytes a character): the per-text limits, with their
-    # clearer messages, are what callers normally meet; this only stops absurd bodies early.
-    app.config["MAX_CONTENT_LENGTH"] = (
-        settings.max_texts_per_request * (settings.max_text_chars * 12 + 8) + 4096
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(
+        settings.max_texts_per_request, settings.max_text_chars
     )
 
     url = settings.database_url_or_default

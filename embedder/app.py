@@ -28,7 +28,7 @@ from dc.nlp.embeddings import (
     LocalEmbedder,
     vectors_to_bytes,
 )
-from dc.nlp.validation import validate_texts
+from dc.nlp.validation import max_body_bytes, validate_texts
 from dc.utilities.logging import configure_logging
 from embedder.metrics import EmbedderMetrics
 
@@ -87,10 +87,8 @@ def create_app(settings: Settings | None = None, engine: LocalEmbedder | None = 
     configure_logging(settings.log_level)
     app = Flask(__name__)
     app.json.sort_keys = False
-    # Leave room for JSON escapes (up to 12 bytes per character) so that the per-text limits,
-    # with their clearer messages, are what callers normally meet.
-    app.config["MAX_CONTENT_LENGTH"] = (
-        settings.max_texts_per_request * (settings.max_text_chars * 12 + 8) + 4096
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes(
+        settings.max_texts_per_request, settings.max_text_chars
     )
 
     holder = EngineHolder(settings)

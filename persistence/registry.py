@@ -148,11 +148,7 @@ def promote(
         PromotionRefused: the rule refuses (the message names both F1 values and the tolerance).
     """
     with session.begin():
-        rows = session.scalars(
-            select(ModelVersion)
-            .where(ModelVersion.name == name, ModelVersion.region == region)
-            .with_for_update()
-        ).all()
+        rows = _locked_versions(session, name, region)
         candidate = next((row for row in rows if row.version == version), None)
         if candidate is None:
             raise NotFound(f"no version {version!r} of model {name!r} in region {region!r}")
@@ -247,13 +243,7 @@ def rollback(session: Session, name: str, region: str) -> ModelVersion:
         NotFound: no version of `name`/`region` was promoted before the current one.
     """
     with session.begin():
-        # Lock every version of the model, as `promote` does, so rollbacks and promotions of
-        # the same model run one after the other.
-        rows = session.scalars(
-            select(ModelVersion)
-            .where(ModelVersion.name == name, ModelVersion.region == region)
-            .with_for_update()
-        ).all()
+        rows = _locked_versions(session, name, region)
         current = next((row for row in rows if row.status == "promoted"), None)
         previous = _previous(session, name, region)
         if previous is None:
@@ -308,3 +298,15 @@ def request_reload(
         row.reload_requested_at = to_utc(now or utcnow())
     log.info("reload of %s/%s %s requested", region, name, row.version)
     return row
+
+
+def _locked_versions(session: Session, name: str, region: str) -> list[ModelVersion]:
+    # SELECT ... FOR UPDATE on PostgreSQL (SQLite locks the whole file on write anyway): the
+    # promotions and rollbacks of one model run one after the other.
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.name == name, ModelVersion.region == region)
+            .with_for_update()
+        )
+    )

@@ -6,7 +6,6 @@ The data is small (6 BANKING77 intents) so that a run takes seconds.
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -22,24 +21,9 @@ from dc.pipeline import train_model
 from persistence.db import session_factory
 from persistence.registry import list_versions, promoted_version
 from tests.conftest import REPO
+from tests.heads_support import write_subset
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
-
-INTENTS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked",
-           "cash_withdrawal_charge"]  # fmt: skip
-
-
-def write_subset(source: Path, dest: Path, per_class: int) -> Path:
-    """The first `per_class` rows of each of INTENTS from a BANKING77 file."""
-    counts = dict.fromkeys(INTENTS, 0)
-    with open(source, newline="", encoding="utf-8") as src, open(dest, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["text", "label"])
-        for row in csv.DictReader(src):
-            if counts.get(row["label"], per_class) < per_class:
-                counts[row["label"]] += 1
-                writer.writerow([row["text"], row["label"]])
-    return dest
 
 
 def write_config(path: Path, name: str, *, epochs: int = 30, learning_rate: float = 3e-3) -> Path:

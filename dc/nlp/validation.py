@@ -72,3 +72,13 @@ def json_type(value: Any) -> str:
         if type(value) is kind:
             return name
     return "a number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def max_body_bytes(max_texts: int, max_chars: int) -> int:
+    """The largest request body worth reading for `max_texts` texts of `max_chars` characters.
+
+    Leaves room for JSON escapes (up to 12 bytes a character, as in "\\ud83d\\ude00"), so the
+    per-text limits, with their clearer messages, are what callers normally meet; the body
+    limit only stops absurd bodies before they are read.
+    """
+    return max_texts * (max_chars * 12 + 8) + 4096
