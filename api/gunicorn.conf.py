@@ -23,6 +23,10 @@ _metrics_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", str(_run_dir / f"api-{_settings.api_port}-metrics")
 )
 
+# A head scores one phrase with two small matrix products: a BLAS thread pool per worker only
+# adds hand-offs (and GIL round trips) to every request. Set before any worker imports NumPy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 wsgi_app = "api.app:create_app()"
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.api_workers

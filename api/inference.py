@@ -15,7 +15,7 @@ from api.request_handlers import PredictRequest
 from dc.config import Settings
 from dc.errors import DCError, EmbedderMismatch, NotReady
 from dc.nlp.embeddings import Embedder, RemoteEmbedder
-from dc.postprocessing import Prediction, postprocess
+from dc.postprocessing import Prediction, PredictionCache, postprocess
 from dc.predict import Head
 from dc.serving import ModelStore
 from persistence.inference_log import InferenceLog, InferenceRecord
@@ -93,6 +93,7 @@ class Services:
     store: ModelStore
     inference_log: InferenceLog
     metrics: ApiMetrics
+    predictions: PredictionCache
     closed: bool = field(default=False)
 
     def start(self) -> Services:
@@ -140,22 +141,37 @@ def predict(
             while the embedder is away or saturated).
     """
     head = services.store.get(model)
-    embedder = services.embedder.require()
+    texts, k = request.texts, request.k
+    predictions: list[Prediction | None] = [
+        services.predictions.get(head, text, k) for text in texts
+    ]
+    # A text answered before needed no encoder work: it counts as cached.
+    cached = [prediction is not None for prediction in predictions]
     parsed = time.perf_counter()
-    result = embedder.embed(request.texts)
-    embedded = time.perf_counter()
-    if result.fingerprint != head.embedder_fingerprint:
-        # The embedder was redeployed with another model after the head was loaded.
-        raise EmbedderMismatch(
-            f"model {model!r} version {head.version} was trained on embedder "
-            f"{head.embedder_fingerprint}, but the embedder now runs {result.fingerprint}"
-        )
-    probabilities = head.predict_proba(result.vectors)
-    predictions = postprocess(probabilities, head.labels, request.k, head.rule)
-    scored = time.perf_counter()
+    missing = [i for i, prediction in enumerate(predictions) if prediction is None]
+    if missing:
+        embedder = services.embedder.require()
+        result = embedder.embed([texts[i] for i in missing])
+        embedded = time.perf_counter()
+        if result.fingerprint != head.embedder_fingerprint:
+            # The embedder was redeployed with another model after the head was loaded.
+            raise EmbedderMismatch(
+                f"model {model!r} version {head.version} was trained on embedder "
+                f"{head.embedder_fingerprint}, but the embedder now runs {result.fingerprint}"
+            )
+        probabilities = head.predict_proba(result.vectors)
+        scored = postprocess(probabilities, head.labels, k, head.rule)
+        for i, prediction, was_cached in zip(missing, scored, result.cached, strict=True):
+            predictions[i] = prediction
+            cached[i] = was_cached
+            services.predictions.put(head, texts[i], prediction)
+    else:
+        embedded = parsed
+    scored_at = time.perf_counter()
 
     now = datetime.now(UTC)
-    latency_ms = (scored - started) * 1000
+    latency_ms = (scored_at - started) * 1000
+    fingerprint = head.embedder_fingerprint
     services.inference_log.enqueue(
         [
             InferenceRecord(
@@ -171,11 +187,11 @@ def predict(
                 probability=prediction.probability,
                 top_k=[{"label": label, "probability": p} for label, p in prediction.top_k],
                 latency_ms=latency_ms,
-                cache_hit=cached,
-                embedder_fingerprint=result.fingerprint,
+                cache_hit=was_cached,
+                embedder_fingerprint=fingerprint,
             )
-            for i, (text, prediction, cached) in enumerate(
-                zip(request.texts, predictions, result.cached, strict=True)
+            for i, (text, prediction, was_cached) in enumerate(
+                zip(texts, predictions, cached, strict=True)
             )
         ]
     )
@@ -183,7 +199,7 @@ def predict(
     timings = {
         "parse": parsed - started,
         "embed": embedded - parsed,
-        "score": scored - embedded,
-        "log": logged - scored,
+        "score": scored_at - embedded,
+        "log": logged - scored_at,
     }
-    return PredictionResult(head, predictions, result.cached, timings)
+    return PredictionResult(head, predictions, cached, timings)

@@ -10,6 +10,7 @@ in-process app) the same metrics live in a registry owned by the app.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -17,6 +18,7 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 )  # fmt: skip
 LOG_EVENTS = ("enqueued", "written", "spooled", "replayed", "dropped")
+STAGES = ("parse", "embed", "score", "log", "total")
 
 
 def multiprocess_dir() -> str | None:
@@ -88,17 +90,37 @@ class ApiMetrics:
             registry=registry,
             multiprocess_mode="liveall",
         )
-        for event in LOG_EVENTS:  # every series exists from the start, at 0
-            self.log_rows.labels(event)
-        for result in ("hit", "miss"):
-            self.cache.labels(result)
+        # Children bound once: `labels()` takes a lock and builds a key on every call, and the
+        # request path updates several series per request (bench/bench_api.py measures it).
+        self.stage = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
+        self.cache_hits = self.cache.labels("hit")
+        self.cache_misses = self.cache.labels("miss")
+        self._log_rows = {event: self.log_rows.labels(event) for event in LOG_EVENTS}
+        self._requests: dict[tuple[str, str, str], Any] = {}
+        self._predictions: dict[tuple[str, str], Any] = {}
+
+    def count_request(self, endpoint: str, model: str, status: str) -> None:
+        """One HTTP request answered."""
+        key = (endpoint, model, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(*key)
+        child.inc()
+
+    def count_predictions(self, model: str, version: str, count: int) -> None:
+        """`count` texts classified by `model` `version`."""
+        key = (model, version)
+        child = self._predictions.get(key)
+        if child is None:
+            child = self._predictions[key] = self.predictions.labels(*key)
+        child.inc(count)
 
     def on_log_event(self, kind: str, value: float) -> None:
         """Listener of `InferenceLog`: count rows per event, observe the lag."""
         if kind == "lag":
             self.log_lag.observe(value)
-        elif kind in LOG_EVENTS:
-            self.log_rows.labels(kind).inc(value)
+        elif kind in self._log_rows:
+            self._log_rows[kind].inc(value)
 
     def render(self) -> bytes:
         """The exposition text of every live worker (multiprocess) or of this app."""

@@ -36,14 +36,15 @@ def predict_route(model: str):
     """Classify one text or a batch of texts with the served version of a model."""
     svc = services()
     parsed = parse_predict(json_body(request), svc.settings)
-    result = predict(svc, model, parsed, request_id(), g.started)
+    rid = request_id()
+    result = predict(svc, model, parsed, rid, g.started)
     done = time.perf_counter()
     timings = {**result.timings, "total": done - g.started}
     _observe(svc, result, timings)
 
     head = result.head
     body: dict = {
-        "request_id": request_id(),
+        "request_id": rid,
         "model": head.name,
         "version": head.version,
         "model_type": head.model_type,
@@ -76,13 +77,13 @@ def _prediction_json(prediction: Prediction, cached: bool) -> dict:
 def _observe(svc: Services, result: PredictionResult, timings: dict[str, float]) -> None:
     metrics = svc.metrics
     for stage, seconds in timings.items():
-        metrics.stage_seconds.labels(stage).observe(seconds)
-    metrics.predictions.labels(result.head.name, result.head.version).inc(len(result.cached))
+        metrics.stage[stage].observe(seconds)
+    metrics.count_predictions(result.head.name, result.head.version, len(result.cached))
     hits = sum(result.cached)
     if hits:
-        metrics.cache.labels("hit").inc(hits)
+        metrics.cache_hits.inc(hits)
     if hits < len(result.cached):
-        metrics.cache.labels("miss").inc(len(result.cached) - hits)
+        metrics.cache_misses.inc(len(result.cached) - hits)
 
 
 # --- models -------------------------------------------------------------------------------------

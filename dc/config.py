@@ -164,7 +164,11 @@ class Settings(BaseSettings):
         "the encoder (~0.8 GB).",
     )
     api_threads: int = Field(
-        8, ge=1, description="Threads per API worker: requests in flight per worker."
+        4,
+        ge=1,
+        description="Threads per API worker: requests in flight per worker. Cached answers "
+        "are CPU-bound and share one GIL: 4 served as many requests/s as 8 with a lower p99 "
+        "(bench/bench_api.py); raise it when many requests wait on embedder misses.",
     )
     api_timeout_s: int = Field(
         60, ge=1, description="gunicorn worker timeout of the API (covers start-up too)."
@@ -192,6 +196,13 @@ class Settings(BaseSettings):
     )
     default_top_k: int = Field(3, ge=1, description="Top-k returned when a request gives no k.")
     max_top_k: int = Field(20, ge=1, description="Largest k a request may ask for (more: 422).")
+    prediction_cache_size: int = Field(
+        20_000,
+        ge=0,
+        description="LRU entries of final predictions per API worker, keyed on (served version, "
+        "text): a repeated phrase skips the embedder, the head and the postprocessing. About "
+        "0.5 KB each at k=3; 0 disables.",
+    )
     model_refresh_s: float = Field(
         2.0,
         gt=0,

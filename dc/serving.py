@@ -183,6 +183,10 @@ class ModelStore:
         """The models currently served, sorted."""
         return sorted(self._snapshot.served)
 
+    def serves(self, name: str) -> bool:
+        """Whether `name` is served now (a dict lookup: cheap enough for every request)."""
+        return name in self._snapshot.served
+
     @property
     def ready(self) -> bool:
         """Whether the registry has been read and every promoted model is decided.

@@ -148,20 +148,19 @@ class ModelVersion(Base):
 class Inference(Base):
     """One served prediction (the inference log), written by `persistence.inference_log`.
 
-    A request of N texts gives N rows, `item` 0..N-1; (`request_id`, `item`) is unique, so a
-    row written twice (a replayed spool, a retried batch) is stored once.
+    A request of N texts gives N rows, `item` 0..N-1. (`request_id`, `item`) is the primary
+    key, so a row written twice (a replayed spool, a retried batch) is stored once; there is no
+    surrogate id, whose extra index every prediction would pay for.
     """
 
     __tablename__ = "inferences"
     __table_args__ = (
-        UniqueConstraint("request_id", "item"),
         # Production analysis: one model over a time range.
         Index("ix_inferences_model_region_created_at", "model", "region", "created_at"),
     )
 
-    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
-    request_id: Mapped[str] = mapped_column(String(64))
-    item: Mapped[int] = mapped_column(Integer, default=0)
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    item: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     model: Mapped[str] = mapped_column(String(100))
     region: Mapped[str] = mapped_column(String(50))

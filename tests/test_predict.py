@@ -356,3 +356,20 @@ def test_choose_threshold_reweights_to_an_assumed_share():
         choose_threshold(probabilities, truth, labels, "other")
     with pytest.raises(ValueError, match="do not match"):
         choose_threshold(probabilities[:3], truth, labels, "oos")
+
+
+def test_the_prediction_cache_keys_on_the_head_and_cuts_top_k():
+    from dc.postprocessing import Prediction, PredictionCache
+
+    cache = PredictionCache(2)
+    first, second = object(), object()  # two loaded heads (compared by identity)
+    answer = Prediction("a", 0.7, [("a", 0.7), ("b", 0.2), ("c", 0.1)], False)
+    cache.put(first, "my card", answer)
+    assert cache.get(first, "my card", 3) == answer
+    assert cache.get(first, "my card", 1).top_k == [("a", 0.7)]
+    assert cache.get(first, "my card", 4) is None  # computed with a smaller k
+    assert cache.get(second, "my card", 1) is None  # another version's head
+    cache.put(first, "b", answer)
+    cache.put(first, "c", answer)
+    assert cache.get(first, "my card", 1) is None and len(cache) == 2  # least recently used
+    assert PredictionCache(0).get(first, "b", 1) is None

@@ -25,14 +25,8 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "inferences",
-        sa.Column(
-            "id",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            autoincrement=True,
-            nullable=False,
-        ),
         sa.Column("request_id", sa.String(length=64), nullable=False),
-        sa.Column("item", sa.Integer(), nullable=False),
+        sa.Column("item", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("model", sa.String(length=100), nullable=False),
         sa.Column("region", sa.String(length=50), nullable=False),
@@ -45,8 +39,9 @@ def upgrade() -> None:
         sa.Column("latency_ms", sa.Float(), nullable=False),
         sa.Column("cache_hit", sa.Boolean(), nullable=False),
         sa.Column("embedder_fingerprint", sa.String(length=64), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_inferences")),
-        sa.UniqueConstraint("request_id", "item", name=op.f("uq_inferences_request_id_item")),
+        # The natural key: idempotent writes need it, and a surrogate id would only add an
+        # index to maintain on every prediction.
+        sa.PrimaryKeyConstraint("request_id", "item", name=op.f("pk_inferences")),
     )
     op.create_index(
         "ix_inferences_model_region_created_at",
