@@ -238,8 +238,9 @@ class Settings(BaseSettings):
     )
     spool_dir: str = Field(
         str(VAR_DIR / "spool"),
-        description="Append-only files of prediction rows that could not be written yet; "
-        "replayed when the database is back.",
+        description="Local state that outlives a database outage: append-only files of "
+        "prediction rows not written yet (replayed when the database is back) and the last "
+        "promoted registry rows (a worker starting during an outage serves from them).",
     )
 
     @property

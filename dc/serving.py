@@ -21,8 +21,10 @@ served before it in place until they load).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -118,6 +120,10 @@ class ModelStore:
         self._thread: threading.Thread | None = None
         self._registry_error: str | None = None
         self._last_fingerprint: str | None = None
+        # The last promoted rows read, on local disk: a worker that starts (or is recycled)
+        # while the database is away serves from it instead of answering 503 to everything.
+        self._registry_file = Path(settings.spool_dir) / f"registry-{self.region}.json"
+        self._saved_rows: str | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -220,7 +226,7 @@ class ModelStore:
     def _refresh(self) -> bool:
         try:
             with self._sessions() as session:
-                rows = registry.promoted_versions(session, self.region)
+                rows = [_row_facts(row) for row in registry.promoted_versions(session, self.region)]
         except Exception as exc:  # SQLAlchemy, driver or network errors: keep serving
             message = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if self._registry_error is None:
@@ -234,16 +240,29 @@ class ModelStore:
             else:
                 log.debug("model registry still unreachable: %s", message)
             self._registry_error = message
-            return False
-        if self._registry_error is not None:
-            log.info("model registry reachable again")
-            self._registry_error = None
+            if self._snapshot.synced:
+                return False
+            saved = self._load_registry_file()
+            if saved is None:
+                return False
+            log.warning(
+                "starting from the registry rows saved in %s (%d models) until the database "
+                "answers",
+                self._registry_file,
+                len(saved),
+            )
+            rows = saved
+        else:
+            if self._registry_error is not None:
+                log.info("model registry reachable again")
+                self._registry_error = None
+            self._save_registry_file(rows)
 
         running = self._running_fingerprint()
         old = self._snapshot
         states: dict[str, ModelState] = {}
         for row in rows:
-            states[row.name] = self._sync_model(_row_facts(row), old.states.get(row.name), running)
+            states[row["name"]] = self._sync_model(row, old.states.get(row["name"]), running)
         for name in sorted(old.states.keys() - states.keys()):
             log.info("%s/%s has no promoted version any more: no longer served", self.region, name)
         served = {
@@ -254,6 +273,30 @@ class ModelStore:
         new = _Snapshot(synced=True, states=states, served=served)
         self._snapshot = new  # one assignment: readers see the old or the new mapping whole
         return _signature(old) != _signature(new)
+
+    def _save_registry_file(self, rows: list[dict[str, Any]]) -> None:
+        text = json.dumps(rows, default=_iso, sort_keys=True)
+        if text == self._saved_rows:
+            return
+        try:
+            self._registry_file.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self._registry_file.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, self._registry_file)  # readers never see half a file
+            self._saved_rows = text
+        except OSError as exc:
+            log.warning("could not save the registry rows to %s: %s", self._registry_file, exc)
+
+    def _load_registry_file(self) -> list[dict[str, Any]] | None:
+        try:
+            rows = json.loads(self._registry_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        for row in rows:
+            for key in ("promoted_at", "reload_requested_at"):
+                if row.get(key):
+                    row[key] = datetime.fromisoformat(row[key])
+        return rows
 
     def _running_fingerprint(self) -> str | None:
         """The embedder's fingerprint now, else the last one seen (None before any).

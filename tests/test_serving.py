@@ -27,7 +27,7 @@ from dc.serving import ModelStore
 from persistence.db import make_engine, session_factory
 from persistence.models import ModelVersion
 from persistence.registry import list_versions, promote, rollback
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 from tests.heads_support import (
     TINY_NAME,
     TINY_REGION,
@@ -50,6 +50,7 @@ def store_settings(tiny_versions, tmp_path):
         artifacts_dir=str(tiny_versions[0].artifacts_dir),
         model_refresh_s=0.1,
         promotion_tolerance=0.005,
+        spool_dir=str(tmp_path / "state"),
     )
 
 
@@ -330,11 +331,9 @@ def test_an_unreachable_registry_keeps_what_is_served(
             worker.describe(TINY_NAME)
         assert worker.describe()[0]["status"] == "serving"
 
-        # A worker starting while the database is away is not ready, and says why.
+        # A worker starting while the database is away serves the rows the first one saved.
         late = make_store(engine=engine).start()
-        assert not late.ready
-        with pytest.raises(NotReady):
-            late.get(TINY_NAME)
+        assert late.ready and late.get(TINY_NAME).version == first.version
         late.close()
 
         with session_factory(pg_engine)() as session:  # meanwhile, through another worker
@@ -367,3 +366,19 @@ def test_a_version_backed_up_to_s3_is_restored(
     head = store.get(TINY_NAME)
     assert head.version == first.version
     assert head.version_dir == tmp_path / "serving" / first.region / first.name / first.version
+
+
+def test_a_worker_starting_while_the_database_is_away_serves_the_saved_rows(
+    make_store, pg_engine, tiny_versions, store_settings
+):
+    first = tiny_versions[0]
+    register_versions(pg_engine, tiny_versions, promoted=first.version)
+    make_store().start()  # a worker that read the registry: it saves the promoted rows
+    unreachable = make_engine(f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/none")
+    late = make_store(engine=unreachable).start()  # a worker (re)started during the outage
+    assert late.ready and late.get(TINY_NAME).version == first.version
+    fresh = make_store(  # no saved rows at all: nothing to serve, not ready
+        settings=store_settings.model_copy(update={"spool_dir": store_settings.spool_dir + "x"}),
+        engine=unreachable,
+    ).start()
+    assert not fresh.ready
