@@ -326,6 +326,19 @@ class Database:
         return make_url(self.url).render_as_string(hide_password=True)
 
 
+def _autocommit_connection(psycopg2, server):
+    """A psycopg2 connection to the server's maintenance database, for CREATE/DROP DATABASE."""
+    connection = psycopg2.connect(
+        host=server.host,
+        port=server.port,
+        user=server.username,
+        dbname=server.database,
+        connect_timeout=3,
+    )
+    connection.autocommit = True
+    return connection
+
+
 def open_database(workdir: Path) -> Database:
     """DC_BENCH_DATABASE_URL, else a scratch database on the local PostgreSQL, else SQLite."""
     given = os.environ.get("DC_BENCH_DATABASE_URL", "").strip()
@@ -338,14 +351,7 @@ def open_database(workdir: Path) -> Database:
 
         server = make_url(LOCAL_POSTGRES)
         name = f"dc_bench_api_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-        admin = psycopg2.connect(
-            host=server.host,
-            port=server.port,
-            user=server.username,
-            dbname=server.database,
-            connect_timeout=3,
-        )
-        admin.autocommit = True
+        admin = _autocommit_connection(psycopg2, server)
         with admin.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{name}"')
         admin.close()
@@ -366,14 +372,7 @@ def open_database(workdir: Path) -> Database:
         )
 
     def drop() -> None:
-        admin = psycopg2.connect(
-            host=server.host,
-            port=server.port,
-            user=server.username,
-            dbname=server.database,
-            connect_timeout=3,
-        )
-        admin.autocommit = True
+        admin = _autocommit_connection(psycopg2, server)
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
