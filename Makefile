@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup export demo train run run-api run-embedder replay-spool test test-fast bench lint format golden clean
+.PHONY: help setup export demo train run run-api run-embedder replay-spool loadtest test test-fast bench lint format golden clean
 
 help: ## List the targets with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ replay-spool: ## Write spooled inference-log rows to the database now
 
 run-embedder: ## Serve the embedder under gunicorn on DC_EMBEDDER_HOST:DC_EMBEDDER_PORT
 	$(VENV)/bin/gunicorn -c embedder/gunicorn.conf.py
+
+loadtest: setup ## JMeter load test of the running API (make run first); writes var/loadtest/summary.{json,md}
+	bash scripts/loadtest.sh
 
 test: setup ## Set up, then run the whole test suite (what CI runs)
 	$(PY) -m pytest
