@@ -43,11 +43,13 @@ test: setup ## Set up, then run the whole test suite (what CI runs)
 test-fast: ## Run the tests that start no server
 	$(PY) -m pytest -m "not slow"
 
-bench: setup ## Measure encoder, embedder service, heads and API (~10 min); writes bench/results/
+bench: setup ## Encoder, embedder, heads, API, design a-e, sizing sweep (~15 min); writes bench/results/
 	$(PY) bench/bench_embedder.py
 	$(PY) bench/bench_tf_threads.py
 	$(PY) bench/bench_heads.py
 	$(PY) bench/bench_api.py
+	$(PY) bench/bench_design.py
+	$(PY) bench/sweep_sizing.py
 
 lint: ## ruff check and format check
 	$(VENV)/bin/ruff check .

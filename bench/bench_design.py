@@ -1,0 +1,596 @@
+"""Design benchmark: the service against a bare echo and a naive baseline, side by side, in one run.
+
+Points, all driven by the same wrk script (bench/predict.lua), the same wrk threads and
+connections, the same gunicorn settings (api/gunicorn.conf.py, DC_API_WORKERS x DC_API_THREADS):
+  (a) echo   bare Flask `POST /echo` (bench/echo_app.py, as bench/bench_api.py);
+  (b) warm   the service (API in remote mode + embedder service) on a realistic Zipf stream
+             (scripts/make_requests.py), after the stream's phrases were sent once to every API
+             worker (so every worker's caches hold them);
+  (c) cold   the same stream right after restarting the API and the embedder (empty caches);
+  (d) naive  bench/naive_app.py: per request, the encoder in process (one encode([text])),
+             the Keras head (`model(x, training=False)`) and one committed INSERT;
+  (e) memory the stack's total RSS and PSS (API master + workers, embedder master + worker),
+             with 21 extra promoted models m01..m21 (copies of the demo versions: a manifest
+             renamed, the same weights files through a symlink) plus banking77 and clinc150
+             loaded, against 21 x ONE naive worker's RSS
+             (one process holding the encoder and one Keras head; measured, then multiplied).
+
+The stream: make_requests.py --requests N --distinct D; its banking77 requests (about 60%), in
+stream order, are the bodies POSTed to /predict/banking77 (predict.lua takes one path), and the
+same bodies go to /echo and to the naive app. wrk cycles through the file when a round needs
+more requests than it holds. The database is a scratch PostgreSQL database (bench_api's
+open_database: DC_BENCH_DATABASE_URL, else the local server, else SQLite, said loudly),
+migrated and given the promoted demo rows of var/dc.sqlite; the service and the naive app both
+log every prediction to its `inferences` table.
+
+Ratios: (b)/(d) target >= 10, (b)/(a) target >= 0.5, memory stack / (21 x naive) target < 0.25.
+
+Output: a table on stdout, bench/results/design.json, design.md and design.png (matplotlib).
+Every process started is stopped at the end (SIGTERM, then SIGKILL), also on Ctrl-C. About
+2-3 minutes with the defaults. Exit status 0 when all three targets are met, 1 otherwise.
+
+Usage: python bench/bench_design.py [--seconds 10] [--requests 20000] [--distinct 2000]
+                                    [--wrk-threads 2] [--connections 16] [--copies 21]
+                                    [--out bench/results] [--keep-logs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.bench_api import (  # noqa: E402
+    REGION,
+    WARM_WRK_SECONDS,
+    ApiCounters,
+    Database,
+    Server,
+    _interrupt,
+    count_rows,
+    free_port,
+    http_call,
+    machine_info,
+    open_database,
+    prepare_registry,
+    run_wrk,
+    start_server,
+    wait_until,
+    warm_api,
+)
+from bench.bench_embedder import ensure_wrk  # noqa: E402
+from dc.config import Settings  # noqa: E402
+
+MODEL = "banking77"
+TARGETS = {"warm_over_naive": 10.0, "warm_over_echo": 0.5, "memory_ratio": 0.25}
+
+
+# --- set-up ---------------------------------------------------------------------------------
+
+
+def make_stream(workdir: Path, requests: int, distinct: int) -> tuple[Path, list[str], int]:
+    """Write the stream with scripts/make_requests.py; return the bodies file of MODEL's
+    requests, its distinct texts and the stream's total length."""
+    out = workdir / "stream"
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_requests.py"), "--out-dir", str(out),
+         "--requests", str(requests), "--distinct", str(distinct)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    lines = (out / "requests.tsv").read_text().splitlines()
+    bodies = [body for model, body in (line.split("\t", 1) for line in lines) if model == MODEL]
+    path = workdir / "bodies.jsonl"
+    path.write_text("".join(b + "\n" for b in bodies))
+    texts = list(dict.fromkeys(json.loads(b)["text"] for b in bodies))
+    return path, texts, len(lines)
+
+
+def register_copies(
+    database: Database, copies: int, settings: Settings, workdir: Path
+) -> list[str]:
+    """Register and promote m01..mNN: copies of the demo models' promoted rows (same folders)."""
+    from persistence import registry
+    from persistence.db import make_engine, session_factory
+
+    engine = make_engine(database.url)
+    factory = session_factory(engine)
+    names = []
+    try:
+        with factory() as session:
+            sources = [
+                registry.promoted_version(session, m, REGION) for m in ("banking77", "clinc150")
+            ]
+        for number in range(1, copies + 1):
+            row = sources[(number - 1) % len(sources)]
+            name = f"m{number:02d}"
+            # The model store checks that a folder's manifest names the registry's model: each
+            # copy gets its own folder, a manifest with its name and a symlink to the same
+            # models/ folder (the same weights files).
+            source = Path(url2pathname(urlparse(row.artifact_uri).path))
+            folder = workdir / "artifacts" / REGION / name / row.version
+            folder.mkdir(parents=True)
+            manifest = json.loads((source / "manifest.json").read_text())
+            manifest["name"] = name
+            (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            (folder / "models").symlink_to(source / "models")
+            with factory() as session:
+                registry.record_version(
+                    session,
+                    name=name,
+                    region=REGION,
+                    version=row.version,
+                    metrics=row.metrics,
+                    embedder_fingerprint=row.embedder_fingerprint,
+                    artifact_uri=folder.as_uri(),
+                    config=row.config,
+                )
+            with factory() as session:
+                registry.promote(
+                    session, name, REGION, row.version,
+                    tolerance=settings.promotion_tolerance, force=True,
+                )  # fmt: skip
+            names.append(name)
+    finally:
+        engine.dispose()
+    return names
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+def _proc_kb(pid: int, path: str, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def group_memory(server: Server) -> list[dict]:
+    """RSS and PSS (kB) of the server's master and every child process."""
+    import psutil
+
+    master = psutil.Process(server.proc.pid)
+    procs = [master, *master.children(recursive=True)]
+    rows = []
+    for proc in procs:
+        rows.append(
+            {
+                "pid": proc.pid,
+                "role": "master" if proc.pid == master.pid else "worker",
+                "rss_kb": _proc_kb(proc.pid, "status", "VmRSS") or 0,
+                "pss_kb": _proc_kb(proc.pid, "smaps_rollup", "Pss"),
+            }
+        )
+    return rows
+
+
+def _mb(kb: float | None) -> float | None:
+    return None if kb is None else kb / 1024
+
+
+# --- points -----------------------------------------------------------------------------------
+
+
+def measure(name: str, wrk: str, port: int, bodies: Path, path: str, args) -> dict:
+    result = run_wrk(wrk, port, bodies, path, args, args.workers)
+    result["point"] = name
+    split = "/".join(map(str, result["connections_by_worker"])) or "?"
+    print(
+        f"  {name:6} {result['requests_per_s']:8.1f} req/s  p50 {result['p50_ms']:7.2f} ms  "
+        f"p99 {result['p99_ms']:8.2f} ms  errors {result['errors']}  connections {split}"
+    )
+    return result
+
+
+def start_stack(gunicorn, envs, workdir: Path, tag: str, models: list[str]):
+    """Start the embedder, wait until ready, then the API; wait until every model serves."""
+    embedder_port, api_port = free_port(), free_port()
+    embedder_env = {**envs["base"], "DC_EMBEDDER_PORT": str(embedder_port)}
+    api_env = {
+        **envs["base"],
+        **envs["api"],
+        "DC_EMBEDDER_URL": f"http://127.0.0.1:{embedder_port}",
+        "DC_API_PORT": str(api_port),
+        "DC_SPOOL_DIR": str(workdir / f"spool-{tag}"),
+        "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"api-metrics-{tag}"),
+    }
+    embedder = start_server(
+        f"embedder-{tag}", [*gunicorn, "-c", "embedder/gunicorn.conf.py"], embedder_env,
+        embedder_port, workdir,
+    )  # fmt: skip
+    servers = [embedder]
+    try:
+        wait_until(embedder, "/ready", lambda status, _: status == 200)
+        api = start_server(
+            f"api-{tag}", [*gunicorn, "-c", "api/gunicorn.conf.py"], api_env, api_port, workdir
+        )
+        servers.append(api)
+        wait_until(
+            api,
+            "/ready",
+            lambda status, body: status == 200 and set(models) <= set(json.loads(body)["models"]),
+        )
+    except BaseException:
+        for server in reversed(servers):
+            server.stop()
+        raise
+    return embedder, api
+
+
+def cache_delta(api: Server, before: ApiCounters) -> dict:
+    delta = ApiCounters.read(api.port, MODEL).minus(before)
+    return {k: delta[k] for k in ("cache_hits", "cache_misses", "cache_hit_share")}
+
+
+# --- report -----------------------------------------------------------------------------------
+
+LABELS = {
+    "echo": "(a) bare Flask `POST /echo`",
+    "warm": "(b) service, warm caches",
+    "cold": "(c) service, empty caches",
+    "naive": "(d) naive: encoder + Keras + INSERT per request",
+}
+
+
+def to_markdown(report: dict) -> str:
+    s, points, mem, ratios = (
+        report["settings"], report["points"], report["memory"], report["ratios"],
+    )  # fmt: skip
+    lines = [
+        f"Run {report['when']} on {report['machine']['machine']} ({report['machine']['cpus']} "
+        f"CPUs, shared by wrk and the servers); gunicorn `api/gunicorn.conf.py`, "
+        f"{s['workers']} workers x {s['threads']} threads for every app; wrk "
+        f"-t{s['wrk_threads']} -c{s['connections']}, {s['seconds']:g} s per point; stream: "
+        f"`make_requests.py --requests {s['requests']} --distinct {s['distinct']}`, its "
+        f"{s['bodies']} {MODEL} requests ({s['distinct_texts']} distinct texts) to "
+        f"`/predict/{MODEL}`; database {report['database']['backend']}.",
+        "",
+        "| point | req/s | p50 ms | p99 ms | errors | cache hits |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key in ("echo", "warm", "cold", "naive"):
+        p = points[key]
+        hits = f"{100 * p['cache_hit_share']:.1f}%" if "cache_hit_share" in p else "-"
+        lines.append(
+            f"| {LABELS[key]} | {p['requests_per_s']:.0f} | {p['p50_ms']:.2f} | "
+            f"{p['p99_ms']:.2f} | {p['errors']} | {hits} |"
+        )
+    lines += [
+        "",
+        "| memory (e) | RSS MB | PSS MB |",
+        "|---|---:|---:|",
+        f"| service stack, {mem['stack_models']} models (API master + {mem['api_workers']} "
+        f"workers, embedder master + worker) | {mem['stack_rss_mb']:.0f} | "
+        f"{mem['stack_pss_mb']:.0f} |",
+        f"| 21 x one naive worker (encoder + 1 Keras head; measured once, x21) | "
+        f"{mem['naive21_rss_mb']:.0f} | {mem['naive21_pss_mb']:.0f} |",
+        "",
+        "| ratio | value | target | |",
+        "|---|---:|---:|---|",
+    ]
+    for key, label, op in (
+        ("warm_over_naive", "(b) / (d) req/s", ">="),
+        ("warm_over_echo", "(b) / (a) req/s", ">="),
+        ("memory_ratio", "memory stack / (21 x naive), RSS", "<"),
+    ):
+        verdict = "pass" if ratios[key]["pass"] else "**FAIL**"
+        lines.append(
+            f"| {label} | {ratios[key]['value']:.3f} | {op} {ratios[key]['target']} | {verdict} |"
+        )
+    lines.append(
+        f"| memory stack / (21 x naive), PSS | {mem['pss_ratio']:.3f} | | (shared pages "
+        f"counted once) |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def save_chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points, mem = report["points"], report["memory"]
+    keys = ("echo", "warm", "cold", "naive")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    bars = left.bar(
+        ["(a) echo", "(b) warm", "(c) cold", "(d) naive"],
+        [points[k]["requests_per_s"] for k in keys],
+        color=["grey", "tab:green", "tab:orange", "tab:red"],
+    )
+    left.bar_label(bars, fmt="%.0f")
+    left.set_ylabel("requests/s")
+    left.set_title("throughput (same wrk, same gunicorn settings)")
+    bars = right.bar(
+        ["stack RSS", "stack PSS", "21 x naive RSS", "21 x naive PSS"],
+        [mem["stack_rss_mb"], mem["stack_pss_mb"], mem["naive21_rss_mb"], mem["naive21_pss_mb"]],
+        color=["tab:green", "tab:olive", "tab:red", "salmon"],
+    )
+    right.bar_label(bars, fmt="%.0f")
+    right.set_ylabel("MB")
+    right.set_title(f"memory, {mem['stack_models']} models")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_table(report: dict) -> None:
+    points, mem, ratios = report["points"], report["memory"], report["ratios"]
+    print()
+    print(f"{'point':50} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>9} {'errors':>7} {'hits':>7}")
+    for key in ("echo", "warm", "cold", "naive"):
+        p = points[key]
+        hits = f"{100 * p['cache_hit_share']:.1f}%" if "cache_hit_share" in p else "-"
+        print(
+            f"{LABELS[key].replace('`', ''):50} {p['requests_per_s']:8.1f} {p['p50_ms']:8.2f} "
+            f"{p['p99_ms']:9.2f} {p['errors']:7d} {hits:>7}"
+        )
+    print(
+        f"memory: stack ({mem['stack_models']} models) RSS {mem['stack_rss_mb']:.0f} MB, PSS "
+        f"{mem['stack_pss_mb']:.0f} MB; one naive worker RSS {mem['naive_rss_mb']:.0f} MB, "
+        f"PSS {mem['naive_pss_mb']:.0f} MB (x21: {mem['naive21_rss_mb']:.0f} / "
+        f"{mem['naive21_pss_mb']:.0f} MB)"
+    )
+    for key, value in ratios.items():
+        verdict = "PASS" if value["pass"] else "FAIL"
+        print(f"  {key:16} {value['value']:8.3f}  target {value['target']}  {verdict}")
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    defaults = Settings()
+    parser.add_argument("--seconds", type=float, default=10.0, help="wrk seconds per point (10)")
+    parser.add_argument("--requests", type=int, default=20_000, help="stream length (20000)")
+    parser.add_argument(
+        "--distinct", type=int, default=2_000, help="distinct phrases per model (2000)"
+    )
+    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads (2)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections (16)")
+    parser.add_argument(
+        "--workers", type=int, default=defaults.api_workers, help="gunicorn workers, every app"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=defaults.api_threads, help="threads per worker, every app"
+    )
+    parser.add_argument(
+        "--copies", type=int, default=21, help="extra promoted models m01..mNN for (e) (21)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "bench" / "results", help="output folder"
+    )
+    parser.add_argument("--keep-logs", action="store_true", help="keep the work folder")
+    args = parser.parse_args()
+    if args.seconds <= 0 or args.requests < 1 or args.distinct < 1 or args.copies < 0:
+        parser.error("--seconds, --requests, --distinct must be positive")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _interrupt)
+    wrk = ensure_wrk()
+    settings = Settings()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-design-"))
+    servers: list[Server] = []
+    database: Database | None = None
+    failed = True
+    points: dict[str, dict] = {}
+    try:
+        bodies, texts, stream_len = make_stream(workdir, args.requests, args.distinct)
+        n_bodies = len(bodies.read_text().splitlines())
+        print(
+            f"stream: {stream_len} requests, {n_bodies} for {MODEL} ({len(texts)} distinct texts)"
+        )
+        database = open_database(workdir)
+        print(f"database: {database.display_url} ({database.how})")
+        copied = prepare_registry(database, workdir, settings)
+        copies = register_copies(database, args.copies, settings, workdir)
+        models = [c["model"] for c in copied] + copies
+        print(f"registry: {len(models)} promoted models ({', '.join(models[:4])}, ...)")
+
+        base_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("DC_") and k != "PROMETHEUS_MULTIPROC_DIR"
+        }
+        base_env.update({"DC_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+        app_env = {
+            "DC_API_WORKERS": str(args.workers),
+            "DC_API_THREADS": str(args.threads),
+            "DC_EMBEDDER_MODE": "remote",
+            "DC_DATABASE_URL": database.url,
+            "DC_SERVING_REGION": REGION,
+        }
+        envs = {"base": base_env, "api": app_env}
+        gunicorn = [sys.executable, "-m", "gunicorn"]
+        path = f"/predict/{MODEL}"
+        warm_args = argparse.Namespace(**{**vars(args), "seconds": WARM_WRK_SECONDS})
+
+        # (a) echo
+        echo_port = free_port()
+        echo = start_server(
+            "echo",
+            [*gunicorn, "-c", "api/gunicorn.conf.py", "bench.echo_app:create_app()"],
+            {**base_env, **app_env, "DC_API_PORT": str(echo_port),
+             "PROMETHEUS_MULTIPROC_DIR": str(workdir / "echo-metrics")},
+            echo_port, workdir,
+        )  # fmt: skip
+        servers.append(echo)
+        wait_until(echo, "/echo", lambda status, _: status == 405)
+        print(f"measuring, wrk -t{args.wrk_threads} -c{args.connections}, {args.seconds:g} s:")
+        run_wrk(wrk, echo_port, bodies, "/echo", warm_args, args.workers)
+        points["echo"] = measure("echo", wrk, echo_port, bodies, "/echo", args)
+        echo.stop()
+        servers.remove(echo)
+
+        # (b) warm, then (e) memory of the stack
+        print(f"starting the embedder and the API ({len(models)} models) ...")
+        embedder, api = start_stack(gunicorn, envs, workdir, "warm", models)
+        servers += [embedder, api]
+        warm = warm_api(api, MODEL, texts, args.workers)
+        print(
+            f"  warm-up: {len(texts)} texts into each of {len(warm['workers_warmed'])} workers, "
+            f"{warm['check_requests']} checks all cache hits"
+        )
+        run_wrk(wrk, api.port, bodies, path, warm_args, args.workers)
+        before = ApiCounters.read(api.port, MODEL)
+        points["warm"] = measure("warm", wrk, api.port, bodies, path, args)
+        points["warm"].update(cache_delta(api, before))
+        stack_procs = {"api": group_memory(api), "embedder": group_memory(embedder)}
+        for server in (api, embedder):
+            server.stop()
+            servers.remove(server)
+
+        # (c) cold: a fresh API and embedder, no warm-up at all
+        embedder, api = start_stack(gunicorn, envs, workdir, "cold", models)
+        servers += [embedder, api]
+        before = ApiCounters.read(api.port, MODEL)
+        points["cold"] = measure("cold", wrk, api.port, bodies, path, args)
+        points["cold"].update(cache_delta(api, before))
+        for server in (api, embedder):
+            server.stop()
+            servers.remove(server)
+
+        # (d) naive, and one naive worker's memory
+        naive_port = free_port()
+        naive = start_server(
+            "naive",
+            [*gunicorn, "-c", "api/gunicorn.conf.py", "bench.naive_app:create_app()"],
+            {**base_env, **app_env, "DC_API_PORT": str(naive_port), "DC_NAIVE_MODELS": MODEL,
+             "PROMETHEUS_MULTIPROC_DIR": str(workdir / "naive-metrics")},
+            naive_port, workdir,
+        )  # fmt: skip
+        servers.append(naive)
+        wait_until(naive, "/ready", lambda status, _: status == 200)
+        status, _, body = http_call(naive_port, "POST", path, {"text": texts[0]}, timeout=120)
+        if status != 200:
+            raise SystemExit(f"naive app answered {status}: {body[:300]!r}")
+        run_wrk(wrk, naive_port, bodies, path, warm_args, args.workers)
+        rows_before = count_rows(database.url)
+        points["naive"] = measure("naive", wrk, naive_port, bodies, path, args)
+        time.sleep(1.0)
+        points["naive"]["rows_inserted"] = count_rows(database.url) - rows_before
+        naive_procs = group_memory(naive)
+        naive.stop()
+        servers.remove(naive)
+        failed = False
+    finally:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for server in reversed(servers):
+                server.stop()
+            if database is not None and database.drop is not None:
+                try:
+                    database.drop()
+                except Exception as exc:
+                    print(f"could not drop the scratch database: {exc}")
+            if failed or args.keep_logs:
+                print(f"servers' logs and work files kept in {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    stack_rows = stack_procs["api"] + stack_procs["embedder"]
+    stack_rss = sum(r["rss_kb"] for r in stack_rows)
+    stack_pss = sum(r["pss_kb"] or 0 for r in stack_rows)
+    naive_worker = max((r for r in naive_procs if r["role"] == "worker"), key=lambda r: r["rss_kb"])
+    memory = {
+        "stack_models": len(models),
+        "api_workers": sum(r["role"] == "worker" for r in stack_procs["api"]),
+        "stack_processes": stack_procs,
+        "stack_rss_mb": _mb(stack_rss),
+        "stack_pss_mb": _mb(stack_pss),
+        "naive_processes": naive_procs,
+        "naive_rss_mb": _mb(naive_worker["rss_kb"]),
+        "naive_pss_mb": _mb(naive_worker["pss_kb"] or 0),
+        "naive21_rss_mb": 21 * _mb(naive_worker["rss_kb"]),
+        "naive21_pss_mb": 21 * _mb(naive_worker["pss_kb"] or 0),
+        "note": "naive: ONE worker process (encoder + one Keras head) measured, multiplied by 21",
+    }
+    memory["rss_ratio"] = memory["stack_rss_mb"] / memory["naive21_rss_mb"]
+    memory["pss_ratio"] = (
+        memory["stack_pss_mb"] / memory["naive21_pss_mb"] if memory["naive21_pss_mb"] else 0.0
+    )
+    values = {
+        "warm_over_naive": points["warm"]["requests_per_s"] / points["naive"]["requests_per_s"],
+        "warm_over_echo": points["warm"]["requests_per_s"] / points["echo"]["requests_per_s"],
+        "memory_ratio": memory["rss_ratio"],
+    }
+    ratios = {
+        key: {
+            "value": value,
+            "target": TARGETS[key],
+            "pass": value < TARGETS[key] if key == "memory_ratio" else value >= TARGETS[key],
+        }
+        for key, value in values.items()
+    }
+    report = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "settings": {
+            "seconds": args.seconds,
+            "workers": args.workers,
+            "threads": args.threads,
+            "wrk_threads": args.wrk_threads,
+            "connections": args.connections,
+            "requests": args.requests,
+            "distinct": args.distinct,
+            "stream_requests": stream_len,
+            "bodies": n_bodies,
+            "distinct_texts": len(texts),
+            "model": MODEL,
+            "copies": copies,
+        },
+        "database": {"backend": database.backend, "how": database.how},
+        "registry": copied,
+        "warm_up": warm,
+        "points": points,
+        "memory": memory,
+        "ratios": ratios,
+        "pass": all(r["pass"] for r in ratios.values()),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "design.json").write_text(json.dumps(report, indent=2) + "\n")
+    markdown = to_markdown(report)
+    (args.out / "design.md").write_text(markdown)
+    try:
+        save_chart(report, args.out / "design.png")
+    except Exception as exc:  # the figures are saved either way
+        print(f"no chart: {exc}")
+    print_table(report)
+    print()
+    print(markdown)
+    print(f"saved {args.out / 'design.json'}, design.md and design.png")
+    return 0 if report["pass"] else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; every server started was stopped")
+        sys.exit(130)
