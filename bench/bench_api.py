@@ -820,13 +820,20 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> int:
-    args = parse_args()
-    # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored, and Python then
-    # installs no KeyboardInterrupt handler, so `kill -INT` would not stop (and clean up) a run.
+def install_stop_handlers() -> None:
+    """Make SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt, so a run always cleans up.
+
+    SIGINT explicitly too: a shell starts background jobs with SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler, so `kill -INT` would not stop (and clean up) a run.
+    """
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for stop_signal in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop_signal, _interrupt)
+
+
+def main() -> int:
+    args = parse_args()
+    install_stop_handlers()
     wrk = ensure_wrk()
     settings = Settings()
     workdir = Path(tempfile.mkdtemp(prefix="bench-api-"))

@@ -59,10 +59,10 @@ from bench.bench_api import (  # noqa: E402
     ApiCounters,
     Database,
     Server,
-    _interrupt,
     count_rows,
     free_port,
     http_call,
+    install_stop_handlers,
     machine_info,
     open_database,
     prepare_registry,
@@ -388,9 +388,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop_signal, _interrupt)
+    install_stop_handlers()
     wrk = ensure_wrk()
     settings = Settings()
     workdir = Path(tempfile.mkdtemp(prefix="bench-design-"))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,8 +34,8 @@ sys.path.insert(0, str(REPO))
 from bench.bench_api import (  # noqa: E402
     REGION,
     Server,
-    _interrupt,
     free_port,
+    install_stop_handlers,
     machine_info,
     open_database,
     prepare_registry,
@@ -137,9 +136,7 @@ def plot(report: dict, path: Path) -> None:
 
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop_signal, _interrupt)
+    install_stop_handlers()
     wrk = ensure_wrk()
     settings = Settings()
     workdir = Path(tempfile.mkdtemp(prefix="bench-sizing-"))
