@@ -185,7 +185,7 @@ def predict(
                 input_text=text,
                 predicted_label=prediction.label,
                 probability=prediction.probability,
-                top_k=[{"label": label, "probability": p} for label, p in prediction.top_k],
+                top_k=prediction.top_k_dicts(),
                 latency_ms=latency_ms,
                 cache_hit=was_cached,
                 embedder_fingerprint=fingerprint,

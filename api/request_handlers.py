@@ -43,7 +43,7 @@ class PredictRequest:
     single: bool
 
 
-def json_body(request: Request, *, required: bool = True) -> Any:
+def json_body(request: Request) -> Any:
     """The decoded JSON body.
 
     Raises:
@@ -51,8 +51,6 @@ def json_body(request: Request, *, required: bool = True) -> Any:
         MalformedRequest: a body that does not decode as UTF-8 JSON.
     """
     data = request.get_data()
-    if not data and not required:
-        return {}
     if request.mimetype != JSON_MEDIA_TYPE:
         raise UnsupportedMediaType(
             f"send the body as {JSON_MEDIA_TYPE} (got {request.mimetype or 'no Content-Type'})"

@@ -16,7 +16,6 @@ from api.inference import PredictionResult, Services, predict
 from api.openapi import build_spec
 from api.request_handlers import check_admin_token, json_body, parse_predict, parse_promote
 from dc.errors import NotReady
-from dc.postprocessing import Prediction
 
 predictions = Blueprint("predictions", __name__)
 models = Blueprint("models", __name__)
@@ -50,7 +49,7 @@ def predict_route(model: str):
         "model_type": head.model_type,
     }
     items = [
-        _prediction_json(p, cached)
+        {**p.as_dict(), "cached": cached}
         for p, cached in zip(result.predictions, result.cached, strict=True)
     ]
     if parsed.single:
@@ -62,16 +61,6 @@ def predict_route(model: str):
         f"{stage};dur={seconds * 1000:.3f}" for stage, seconds in timings.items()
     )
     return response
-
-
-def _prediction_json(prediction: Prediction, cached: bool) -> dict:
-    return {
-        "label": prediction.label,
-        "probability": prediction.probability,
-        "top_k": [{"label": label, "probability": p} for label, p in prediction.top_k],
-        "fallback": prediction.fallback,
-        "cached": cached,
-    }
 
 
 def _observe(svc: Services, result: PredictionResult, timings: dict[str, float]) -> None:

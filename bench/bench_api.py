@@ -145,6 +145,18 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def server_env() -> dict[str, str]:
+    """The environment of a server this benchmark starts: this one's without any DC_* setting
+    (each point sets its own) or Prometheus folder, quiet logs, unbuffered output."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DC_") and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    env.update({"DC_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -851,12 +863,7 @@ def main() -> int:
         print("registry: " + ", ".join(f"{c['model']} {c['version']}" for c in copied))
 
         embedder_port, api_port, echo_port = free_port(), free_port(), free_port()
-        base_env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("DC_") and k != "PROMETHEUS_MULTIPROC_DIR"
-        }
-        base_env.update({"DC_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+        base_env = server_env()
         embedder_env = {**base_env, "DC_EMBEDDER_PORT": str(embedder_port)}
         # The API and the echo app: the same DC_* settings; only the port (and the folder of
         # Prometheus files, which the echo app never writes) differ.

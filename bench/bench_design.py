@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -67,6 +66,7 @@ from bench.bench_api import (  # noqa: E402
     open_database,
     prepare_registry,
     run_wrk,
+    server_env,
     start_server,
     wait_until,
     warm_api,
@@ -409,12 +409,7 @@ def main() -> int:
         models = [c["model"] for c in copied] + copies
         print(f"registry: {len(models)} promoted models ({', '.join(models[:4])}, ...)")
 
-        base_env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("DC_") and k != "PROMETHEUS_MULTIPROC_DIR"
-        }
-        base_env.update({"DC_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+        base_env = server_env()
         app_env = {
             "DC_API_WORKERS": str(args.workers),
             "DC_API_THREADS": str(args.threads),

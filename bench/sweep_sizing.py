@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from bench.bench_api import (  # noqa: E402
     open_database,
     prepare_registry,
     run_wrk,
+    server_env,
     start_server,
     wait_until,
 )
@@ -69,16 +69,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     return parser.parse_args()
-
-
-def base_env() -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("DC_") and k != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    env.update({"DC_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
-    return env
 
 
 def point(server: Server, wrk: str, bodies: Path, path: str, args, workers: int) -> dict:
@@ -173,7 +163,7 @@ def main() -> int:
         embedder = start_server(
             "embedder",
             [*gunicorn, "-c", "embedder/gunicorn.conf.py"],
-            {**base_env(), "DC_EMBEDDER_PORT": str(embedder_port)},
+            {**server_env(), "DC_EMBEDDER_PORT": str(embedder_port)},
             embedder_port,
             workdir,
         )
@@ -183,7 +173,7 @@ def main() -> int:
         for workers, threads in parse_grid(args.api):
             port = free_port()
             env = {
-                **base_env(),
+                **server_env(),
                 "DC_API_WORKERS": str(workers),
                 "DC_API_THREADS": str(threads),
                 "DC_API_PORT": str(port),
@@ -213,7 +203,7 @@ def main() -> int:
         for workers, threads in parse_grid(args.embedder):
             port = free_port()
             env = {
-                **base_env(),
+                **server_env(),
                 "DC_EMBEDDER_WORKERS": str(workers),
                 "DC_EMBEDDER_THREADS": str(threads),
                 "DC_EMBEDDER_PORT": str(port),

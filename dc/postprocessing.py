@@ -45,12 +45,16 @@ class Prediction:
     top_k: list[tuple[str, float]]
     fallback: bool
 
+    def top_k_dicts(self) -> list[dict[str, Any]]:
+        """`top_k` as [{label, probability}], best first (the API's and the log's shape)."""
+        return [{"label": label, "probability": p} for label, p in self.top_k]
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: `label`, `probability`, `top_k` as [{label, probability}], `fallback`."""
         return {
             "label": self.label,
             "probability": self.probability,
-            "top_k": [{"label": label, "probability": p} for label, p in self.top_k],
+            "top_k": self.top_k_dicts(),
             "fallback": self.fallback,
         }
 
