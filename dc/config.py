@@ -99,6 +99,24 @@ class Settings(BaseSettings):
         120, ge=1, description="gunicorn worker timeout (covers TensorFlow start-up too)."
     )
 
+    # --- both web services: the gunicorn worker (web/worker.py) ------------------------------
+    request_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a client may take to send one whole request (headers and body). "
+        "Requests are buffered by each worker's event loop until complete, so a slow or idle "
+        "client never holds a request thread; past this deadline its connection is answered "
+        "408 and closed.",
+    )
+    max_queue_wait_ms: float = Field(
+        500.0,
+        gt=0,
+        description="Load shedding: longest a complete request may wait for a free request "
+        "thread. Past it the worker answers 429 `overloaded` with Retry-After at once instead "
+        "of queueing more (health and readiness checks have their own threads and are never "
+        "shed). Lower: less latency under overload, more 429s in bursts.",
+    )
+
     # --- the client (dc.nlp.embeddings) ----------------------------------------------------------
     embedder_mode: Literal["local", "remote"] = Field(
         "local",

