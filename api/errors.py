@@ -8,11 +8,10 @@ one error format whichever it talks to.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import re
-import secrets
+import time
 
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -35,39 +34,47 @@ STATUS: dict[type[errors.DCError], int] = {
     errors.Overloaded: 429,
     errors.NotReady: 503,
     errors.EmbedderUnavailable: 503,
+    errors.DatabaseUnavailable: 503,
     errors.BackupError: 502,
 }
+
+# An error's `detail` (driver messages, hosts, paths) is logged, never sent; during an outage
+# every request fails the same way, so each code logs its detail at most this often.
+_DETAIL_LOG_EVERY_S = 10.0
+_detail_logged_at: dict[str, float] = {}
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
-class _IdSource:
-    """Unique ids without a system call per request (os.urandom, under uuid4, costs more than
-    the rest of a cached prediction's bookkeeping): 64 random bits drawn once per process, then
-    a counter. The inference log is idempotent on these ids, so they must never repeat; a
-    forked child draws its own bits (the pid is checked)."""
+def new_request_id() -> str:
+    """A fresh request id: 128 bits from the OS's CSPRNG, as 32 hex digits (about 0.6 us).
 
-    def __init__(self) -> None:
-        self._pid = -1
-        self._prefix = ""
-        self._counter = itertools.count()
-
-    def next(self) -> str:
-        if self._pid != os.getpid():
-            self._pid, self._prefix = os.getpid(), secrets.token_hex(8)
-            self._counter = itertools.count()
-        return f"{self._prefix}{next(self._counter):08x}"
-
-
-_ids = _IdSource()
+    The inference log's key, so it must be unguessable: an id a client could predict (a
+    per-process prefix plus a counter, say) would let it claim another request's key in
+    advance and have that request's rows dropped as duplicates.
+    """
+    return os.urandom(16).hex()
 
 
 def request_id() -> str:
-    """The current request's id: the caller's X-Request-ID when sane, else a new one."""
+    """The current request's id: always made by the server (`new_request_id`), never taken
+    from the caller, whose own id is `client_request_id()`."""
     found = g.get("request_id")
     if found is None:
+        found = g.request_id = new_request_id()
+    return found
+
+
+def client_request_id() -> str | None:
+    """The caller's X-Request-ID when sane (1-64 of A-Z a-z 0-9 . _ : -), else None.
+
+    Kept beside the server's id for correlation only (echoed as X-Client-Request-ID, stored
+    in the inference log's `client_request_id`); it is never a key.
+    """
+    found = g.get("client_request_id", "")
+    if found == "":
         given = request.headers.get("X-Request-ID", "")
-        found = g.request_id = given if _REQUEST_ID.match(given) else _ids.next()
+        found = g.client_request_id = given if _REQUEST_ID.match(given) else None
     return found
 
 
@@ -96,6 +103,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(errors.DCError)
     def _dc_error(exc: errors.DCError):
         status = _status_of(exc)
+        if exc.detail:
+            _log_detail(exc, status)
         retry_after = exc.retry_after_s
         if status in (429, 503) and retry_after is None:
             retry_after = 1
@@ -107,10 +116,32 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         code = "too_large" if exc.code == 413 else re.sub(r"\W+", "_", (exc.name or "")).lower()
-        return error_response(code, exc.description or exc.name, exc.code or 500)
+        response = error_response(code, exc.description or exc.name, exc.code or 500)
+        # Werkzeug's own headers carry protocol facts the envelope must keep: `Allow` on a 405
+        # (RFC 9110 requires it), `WWW-Authenticate` on a 401. Its HTML Content-Type does not.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error in %s %s", request.method, request.path)
         message = f"{type(exc).__name__}: {exc}" if app.debug else "internal error"
         return error_response("internal_error", message, 500)
+
+
+def _log_detail(exc: errors.DCError, status: int) -> None:
+    now = time.monotonic()
+    if now - _detail_logged_at.get(exc.code, -_DETAIL_LOG_EVERY_S) < _DETAIL_LOG_EVERY_S:
+        return
+    _detail_logged_at[exc.code] = now
+    log.warning(
+        "%s %s answered %d %s: %s (details: %s)",
+        request.method,
+        request.path,
+        status,
+        exc.code,
+        exc.message,
+        exc.detail,
+    )

@@ -7,23 +7,16 @@ Nothing here knows about models or embeddings; the rules are the transport's con
 from __future__ import annotations
 
 import hmac
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Request
 
 from dc.config import Settings
-from dc.errors import (
-    Forbidden,
-    InvalidInput,
-    MalformedRequest,
-    Unauthorized,
-    UnsupportedMediaType,
-)
-from dc.nlp.validation import json_type, validate_text, validate_texts
+from dc.errors import Forbidden, InvalidInput, Unauthorized
+from dc.nlp.validation import blank_kind, json_type, validate_text, validate_texts
+from web.body import json_body as read_json_body
 
-JSON_MEDIA_TYPE = "application/json"
 PREDICT_FIELDS = ("text", "texts", "k")
 PROMOTE_FIELDS = ("version", "force")
 
@@ -44,21 +37,14 @@ class PredictRequest:
 
 
 def json_body(request: Request) -> Any:
-    """The decoded JSON body.
+    """The decoded JSON body, read within the app's body limit (`web.body.json_body`).
 
     Raises:
+        TooLarge: a body over the limit, chunked or not.
         UnsupportedMediaType: a body that is not declared as application/json.
-        MalformedRequest: a body that does not decode as UTF-8 JSON.
+        MalformedRequest: a body that cannot be read or does not decode as UTF-8 JSON.
     """
-    data = request.get_data()
-    if request.mimetype != JSON_MEDIA_TYPE:
-        raise UnsupportedMediaType(
-            f"send the body as {JSON_MEDIA_TYPE} (got {request.mimetype or 'no Content-Type'})"
-        )
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MalformedRequest(f"the body is not valid JSON: {exc}") from exc
+    return read_json_body(request, request.max_content_length)
 
 
 def parse_predict(payload: Any, settings: Settings) -> PredictRequest:
@@ -66,8 +52,9 @@ def parse_predict(payload: Any, settings: Settings) -> PredictRequest:
 
     Raises:
         InvalidInput: not an object, unknown fields, both or neither of text/texts, a text that is
-            not a string, empty, whitespace only, longer than `max_text_chars`, not valid
-            Unicode or holding NUL, or `k` not an integer in 1..`max_top_k`.
+            not a string, blank (empty, or only whitespace and invisible characters), longer
+            than `max_text_chars`, not valid Unicode or holding NUL, or `k` not an integer in
+            1..`max_top_k` (an integral number such as 14.0 counts as one).
         TooLarge: more than `max_texts_per_request` texts (413).
     """
     if not isinstance(payload, dict):
@@ -92,9 +79,9 @@ def parse_predict(payload: Any, settings: Settings) -> PredictRequest:
         )
         fields = [f"texts[{i}]" for i in range(len(checked))]
     for field, text in zip(fields, checked, strict=True):
-        if not text.strip():
-            what = "empty" if not text else "whitespace only"
-            raise InvalidInput(f'"{field}" is {what}; send the phrase to classify')
+        blank = blank_kind(text)
+        if blank is not None:
+            raise InvalidInput(f'"{field}" is {blank}; send the phrase to classify')
         if "\x00" in text:
             # Every prediction is logged, and PostgreSQL text cannot hold NUL: refuse it here
             # rather than answer a prediction whose log row could never be written.
@@ -105,6 +92,10 @@ def parse_predict(payload: Any, settings: Settings) -> PredictRequest:
 def _parse_k(value: Any, settings: Settings) -> int:
     if value is None:
         return min(settings.default_top_k, settings.max_top_k)
+    # JSON has one number type: 14.0 is the integer 14 (as JSON Schema, and so /openapi.json,
+    # has it); 2.5, NaN and true are not integers.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f'"k" must be an integer, not {json_type(value)}')
     if not 1 <= value <= settings.max_top_k:

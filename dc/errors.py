@@ -1,7 +1,9 @@
 """The closed set of errors the core raises; transports map each one to an HTTP status in one table.
 
 Every error carries a stable machine-readable `code` (used in the JSON error envelope) and a
-message written for the caller. `retry_after_s` is set where waiting and retrying helps.
+message written for the caller: it never holds an internal detail (a driver's message, a path,
+a host name, a stack trace). Those go in `detail`, which the transports log and never send.
+`retry_after_s` is set where waiting and retrying helps.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ class DCError(Exception):
 
     code = "internal_error"
 
-    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: int | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.detail = detail
 
 
 class InvalidInput(DCError):
@@ -58,6 +63,12 @@ class NotReady(DCError):
     """The service is starting (model loading or warming up)."""
 
     code = "not_ready"
+
+
+class DatabaseUnavailable(DCError):
+    """The database (model registry, inference log) cannot be reached or answered an error."""
+
+    code = "database_unavailable"
 
 
 class EmbedderUnavailable(DCError):

@@ -39,6 +39,7 @@ The config is copied into every version's manifest, so a version is served with 
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,12 @@ from dc.errors import InvalidInput
 
 # Names become folder names (<artifacts_dir>/<region>/<model>/) and registry keys.
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_NAME_RE = re.compile(_NAME_PATTERN)
+
+
+def is_valid_name(value: object, *, max_length: int) -> bool:
+    """Whether `value` could be a model or region name of a config (`[model] name`)."""
+    return isinstance(value, str) and len(value) <= max_length and bool(_NAME_RE.fullmatch(value))
 
 
 class _Section(BaseModel):

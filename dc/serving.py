@@ -38,7 +38,15 @@ from urllib.request import url2pathname
 from sqlalchemy.orm import Session, sessionmaker
 
 from dc.config import Settings
-from dc.errors import BackupError, DCError, EmbedderMismatch, NotFound, NotReady
+from dc.errors import (
+    BackupError,
+    DatabaseUnavailable,
+    DCError,
+    EmbedderMismatch,
+    NotFound,
+    NotReady,
+)
+from dc.model_config import is_valid_name
 from dc.predict import Head, load_head
 from persistence import registry
 
@@ -169,6 +177,7 @@ class ModelStore:
         head = snapshot.served.get(name)
         if head is not None:
             return head
+        self._check_name(name)
         retry = math.ceil(self.settings.model_refresh_s)
         if not snapshot.synced:
             raise NotReady(
@@ -350,18 +359,22 @@ class ModelStore:
                         head.version_dir,
                     )
                 except Exception as exc:  # files, S3, a damaged archive: keep what we have
-                    error = f"version {version} could not be loaded: {exc}"
+                    # The reason is shown to callers (/models, a 503): no path or S3 detail in
+                    # it; those are in the log line below.
+                    error = f"version {version} could not be loaded (see the API log)"
+                    detail = _first_line(exc)
                     failures = (old.failures if old is not None and old.key == key else 0) + 1
                     retry_at = time.monotonic() + min(
                         RETRY_MAX_S, RETRY_MIN_S * 2 ** (failures - 1)
                     )
-                    repeated = old is not None and old.error == error
+                    repeated = old is not None and old.error == error and failures > 1
                     log.log(
                         logging.DEBUG if repeated else logging.WARNING,
-                        "%s/%s: %s (attempt %d)",
+                        "%s/%s: version %s could not be loaded: %s (attempt %d)",
                         self.region,
                         name,
-                        error,
+                        version,
+                        detail,
                         failures,
                     )
 
@@ -486,11 +499,16 @@ class ModelStore:
         snapshot = self._snapshot
         if name is None:
             return [_describe_state(snapshot.states[n]) for n in sorted(snapshot.states)]
+        self._check_name(name)
         try:
             with self._sessions() as session:
                 versions = registry.list_versions(session, name, self.region)
-        except Exception as exc:
-            raise NotReady(f"the model registry cannot be read: {exc}".splitlines()[0]) from exc
+        except Exception as exc:  # SQLAlchemy, driver or network errors: a generic 503
+            raise DatabaseUnavailable(
+                "the model registry cannot be read right now; try again later",
+                retry_after_s=self.settings.retry_after_s,
+                detail=_first_line(exc),
+            ) from exc
         state = snapshot.states.get(name)
         if state is None and not versions:
             served = ", ".join(sorted(snapshot.served)) or "none"
@@ -561,6 +579,8 @@ class ModelStore:
             PromotionRefused: the rule refuses and `force` is not set.
             NotReady: the registry cannot be written.
         """
+        if not is_valid_name(version, max_length=40):
+            raise NotFound(f"no version {version!r} of model {name!r} in region {self.region!r}")
         self._admin(
             registry.promote,
             name,
@@ -572,14 +592,28 @@ class ModelStore:
         self.refresh()
         return self.describe(name)
 
-    def _admin(self, action: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _admin(self, action: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+        self._check_name(name)
         try:
             with self._sessions() as session:
-                return action(session, *args, **kwargs)
+                return action(session, name, *args, **kwargs)
         except DCError:
             raise
-        except Exception as exc:  # the database: a 503 for the caller, not a 500
-            raise NotReady(f"the model registry cannot be written: {exc}".splitlines()[0]) from exc
+        except Exception as exc:  # the database: a generic 503 for the caller, not a 500
+            raise DatabaseUnavailable(
+                "the model registry cannot be written right now; try again later",
+                retry_after_s=self.settings.retry_after_s,
+                detail=_first_line(exc),
+            ) from exc
+
+    def _check_name(self, name: str) -> None:
+        """A name no config could give (a NUL, a slash, 1,000 characters) is an unknown model,
+        answered without asking the database, whose driver would refuse some of them."""
+        if not is_valid_name(name, max_length=100):
+            served = ", ".join(self.names()) or "none"
+            raise NotFound(
+                f"no model {name!r} is served in region {self.region!r}; served models: {served}"
+            )
 
 
 def local_version_dir(settings: Settings, region: str, name: str, version: str) -> Path:
@@ -644,3 +678,9 @@ def _signature(snapshot: _Snapshot) -> dict[str, tuple]:
         name: (state.status, state.version, id(state.head))
         for name, state in snapshot.states.items()
     }
+
+
+def _first_line(error: BaseException) -> str:
+    """`Type: message`, first line only (drivers append the SQL and its parameters below)."""
+    text = f"{type(error).__name__}: {error}".strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -8,7 +8,6 @@ answers at once, `/ready` and `/embed` answer 503 (with Retry-After) until the m
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -16,9 +15,9 @@ import time
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.errors import register_error_handlers, request_id
+from api.errors import client_request_id, register_error_handlers, request_id
 from dc.config import Settings, get_settings
-from dc.errors import MalformedRequest, NotReady, UnsupportedMediaType
+from dc.errors import NotReady
 from dc.nlp.embeddings import (
     BINARY_MEDIA_TYPE,
     HEADER_CACHED,
@@ -31,10 +30,9 @@ from dc.nlp.embeddings import (
 from dc.nlp.validation import max_body_bytes, validate_texts
 from dc.utilities.logging import configure_logging
 from embedder.metrics import EmbedderMetrics
+from web.body import JSON_MEDIA_TYPE, json_body
 
 log = logging.getLogger(__name__)
-
-JSON_MEDIA_TYPE = "application/json"
 
 
 class EngineHolder:
@@ -66,8 +64,11 @@ class EngineHolder:
 
     def require(self) -> LocalEmbedder:
         if self.engine is None:
+            # The cause (often a path) is in the service log, not in the answer.
             reason = (
-                f"loading the model failed: {self.error}" if self.error else "the model is loading"
+                "loading the model failed (see the service log)"
+                if self.error
+                else "the model is loading"
             )
             raise NotReady(
                 f"the embedder is not ready: {reason}", retry_after_s=self.settings.retry_after_s
@@ -114,19 +115,15 @@ def create_app(settings: Settings | None = None, engine: LocalEmbedder | None = 
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         response.headers["X-Request-ID"] = request_id()
+        client = client_request_id()
+        if client is not None:
+            response.headers["X-Client-Request-ID"] = client
         return response
 
     @app.post("/embed")
     def embed():
         """Embed texts: JSON, or float32 binary with Accept: application/octet-stream."""
-        if request.mimetype != JSON_MEDIA_TYPE:
-            raise UnsupportedMediaType(
-                f"send the body as {JSON_MEDIA_TYPE} (got {request.mimetype or 'no Content-Type'})"
-            )
-        try:
-            payload = json.loads(request.get_data())
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise MalformedRequest(f"the body is not valid JSON: {exc}") from exc
+        payload = json_body(request, request.max_content_length)
         texts = validate_texts(
             payload, max_texts=settings.max_texts_per_request, max_chars=settings.max_text_chars
         )

@@ -310,10 +310,12 @@ class RemoteEmbedder(Embedder):
                 method, self.url + path, timeout=self._timeout_s, **kwargs
             )
         except requests.RequestException as exc:
+            # The caller of the API learns that the embedder is away; the operator reading the
+            # log learns where it was looked for and why it did not answer.
             raise EmbedderUnavailable(
-                f"the embedder service at {self.url} is unreachable ({type(exc).__name__}); "
-                "is it running? (`make run-embedder`)",
+                "the embedder service is unreachable; is it running? (`make run-embedder`)",
                 retry_after_s=self._retry_after_s,
+                detail=f"{self.url}: {type(exc).__name__}: {exc}",
             ) from exc
         if response.status_code >= 400:
             raise self._error_from(response)
@@ -329,8 +331,9 @@ class RemoteEmbedder(Embedder):
         if code in _REMOTE_ERRORS:
             return _REMOTE_ERRORS[code](message, retry_after_s=retry_after)
         return EmbedderUnavailable(
-            f"the embedder service at {self.url} answered {response.status_code}: {message}",
+            f"the embedder service failed (it answered {response.status_code})",
             retry_after_s=retry_after,
+            detail=f"{self.url} answered {response.status_code}: {message}",
         )
 
     def embed(self, texts: Sequence[str]) -> EmbedResult:
@@ -381,8 +384,9 @@ class RemoteEmbedder(Embedder):
             response = requests.get(self.url + "/ready", timeout=timeout_s)
         except requests.RequestException as exc:
             raise EmbedderUnavailable(
-                f"the embedder service at {self.url} is unreachable ({type(exc).__name__})",
+                "the embedder service is unreachable",
                 retry_after_s=self._retry_after_s,
+                detail=f"{self.url}: {type(exc).__name__}: {exc}",
             ) from exc
         if response.status_code != 200:
             raise self._error_from(response)

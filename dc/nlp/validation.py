@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from dc.errors import InvalidInput, TooLarge
@@ -35,6 +36,44 @@ def validate_texts(
     for i, text in enumerate(texts):
         validate_text(text, max_chars=max_chars, field=f"{field}[{i}]")
     return texts
+
+
+# Characters that show nothing on their own: Unicode's Default_Ignorable_Code_Point set
+# (DerivedCoreProperties.txt: zero-width spaces and joiners, bidi controls, variation selectors,
+# fillers, tags...) and the Braille blank. With whitespace, control and format characters and
+# combining marks without a base (categories Z*, Cc, Cf, Mn, Me), a text made only of these has
+# nothing to classify: the encoder's tokeniser drops most of them and sees an empty phrase.
+_INVISIBLE_RANGES = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x2800, 0x2800),
+    (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+_INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"})
+
+
+def _invisible(char: str) -> bool:
+    point = ord(char)
+    if any(low <= point <= high for low, high in _INVISIBLE_RANGES):
+        return True
+    return unicodedata.category(char) in _INVISIBLE_CATEGORIES
+
+
+def blank_kind(text: str) -> str | None:
+    """Why `text` has nothing to classify, or None when it has a visible character.
+
+    Returns:
+        "empty", "whitespace only", or "only invisible characters" (zero-width spaces, joiners,
+        bidi and format controls, fillers, combining marks without a base, mixed with
+        whitespace or not). Whitespace-only and invisible-only texts are treated alike.
+    """
+    if not text:
+        return "empty"
+    if text.isspace():
+        return "whitespace only"
+    if all(char.isspace() or _invisible(char) for char in text):
+        return "only invisible characters"
+    return None
 
 
 def validate_text(text: Any, *, max_chars: int, field: str = "text") -> str:
