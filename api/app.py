@@ -19,7 +19,7 @@ import orjson
 from flask import Flask, Response, g, request
 from flask.json.provider import DefaultJSONProvider
 
-from api.errors import register_error_handlers, request_id
+from api.errors import client_request_id, register_error_handlers, request_id
 from api.inference import EmbedderHolder, Services
 from api.metrics import ApiMetrics
 from api.router import register_routes
@@ -114,6 +114,9 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
             model = "unknown"  # a label per made-up name would grow the series without bound
         metrics.count_request(endpoint, model, str(response.status_code))
         response.headers["X-Request-ID"] = request_id()
+        client = client_request_id()
+        if client is not None:
+            response.headers["X-Client-Request-ID"] = client
         response.headers["X-Served-By"] = served_by
         return response
 

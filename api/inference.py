@@ -63,7 +63,8 @@ class EmbedderHolder:
     def require(self) -> Embedder:
         """The embedder, or NotReady (503) while it loads or after its load failed."""
         if self.embedder is None:
-            reason = f"loading it failed: {self.error}" if self.error else "it is loading"
+            # Why it failed (often a path) was logged when it happened; not for the caller.
+            reason = "loading it failed (see the API log)" if self.error else "it is loading"
             raise NotReady(
                 f"the embedder is not ready: {reason}", retry_after_s=self.settings.retry_after_s
             )
@@ -128,12 +129,18 @@ def predict(
     request: PredictRequest,
     request_id: str,
     started: float,
+    *,
+    client_request_id: str | None = None,
 ) -> PredictionResult:
     """Classify `request.texts` with the served version of `model` and log every prediction.
 
+    The log rows are in the worker's journal when this returns (before the answer is sent).
+
     Args:
+        request_id: the server-made id, the inference log's key.
         started: `time.perf_counter()` when the HTTP request arrived (latency is measured
             from there, so the logged latency includes parsing).
+        client_request_id: the caller's own id, logged beside the key for correlation.
 
     Raises:
         NotFound, EmbedderMismatch, NotReady: from the model store.
@@ -189,6 +196,7 @@ def predict(
                 latency_ms=latency_ms,
                 cache_hit=was_cached,
                 embedder_fingerprint=fingerprint,
+                client_request_id=client_request_id,
             )
             for i, (text, prediction, was_cached) in enumerate(
                 zip(texts, predictions, cached, strict=True)

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 )  # fmt: skip
-LOG_EVENTS = ("enqueued", "written", "spooled", "replayed", "dropped")
+LOG_EVENTS = ("enqueued", "written", "spooled", "replayed", "dropped", "conflicts")
 STAGES = ("parse", "embed", "score", "log", "total")
 
 
@@ -68,7 +68,8 @@ class ApiMetrics:
         )
         self.log_rows = Counter(
             "api_inference_log_rows",
-            "Inference-log rows by event (enqueued, written, spooled, replayed, dropped)",
+            "Inference-log rows by event (enqueued, written, spooled, replayed, dropped, "
+            "conflicts: quarantined because a different row holds their key)",
             ["event"],
             registry=registry,
         )

@@ -68,6 +68,22 @@ _REASONS = {
 }
 
 _NUMBER_0_1 = {"type": "number", "minimum": 0, "maximum": 1}
+_CLIENT_ID_PATTERN = "^[A-Za-z0-9._:-]{1,64}$"
+# Headers of every answer (a success here; the error envelope repeats the id in its body).
+_ID_HEADERS = {
+    "X-Request-ID": {
+        "description": "The server's id of this request, made by the server for every answer "
+        "(128 random bits, hex); for a prediction, the inference log's key.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "X-Client-Request-ID": {
+        "description": "The X-Request-ID the caller sent, echoed when it matches "
+        f"{_CLIENT_ID_PATTERN} (otherwise ignored); stored in the inference log as "
+        "client_request_id.",
+        "schema": {"type": "string", "pattern": _CLIENT_ID_PATTERN},
+    },
+}
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
 
@@ -156,7 +172,17 @@ def _schemas(settings: Settings) -> dict[str, Any]:
             "type": "object",
             "required": ["request_id", "model", "version", "model_type"],
             "properties": {
-                "request_id": {"type": "string"},
+                "request_id": {
+                    "type": "string",
+                    "description": "The server's id of this request (as X-Request-ID): the "
+                    "inference log's key.",
+                },
+                "client_request_id": {
+                    "type": "string",
+                    "pattern": _CLIENT_ID_PATTERN,
+                    "description": "The X-Request-ID the caller sent, when it sent a valid one "
+                    "(as X-Client-Request-ID): logged beside the key for correlation.",
+                },
                 "model": {"type": "string"},
                 "version": {"type": "string"},
                 "model_type": {"type": "string"},
@@ -269,7 +295,7 @@ def build_spec(app: Flask, settings: Settings) -> dict[str, Any]:
     for (path, method), (endpoint, status, schema, errors) in _OPERATIONS.items():
         view = app.view_functions[endpoint]
         summary = (view.__doc__ or "").strip().splitlines()[0]
-        success: dict[str, Any] = {"description": summary}
+        success: dict[str, Any] = {"description": summary, "headers": _ID_HEADERS}
         if schema:
             success["content"] = {"application/json": {"schema": _ref(schema)}}
         else:
@@ -308,7 +334,9 @@ def build_spec(app: Flask, settings: Settings) -> dict[str, Any]:
             "version": "1",
             "description": "Classify short phrases with the promoted version of each model. "
             'Every error answers {"error": {code, message, status, request_id}}; every answer '
-            "carries X-Request-ID (send your own to correlate; it is the inference-log key).",
+            "carries X-Request-ID, the server's own id of the request (the inference-log key). "
+            "Send your own X-Request-ID to correlate: it comes back as X-Client-Request-ID and "
+            "is logged beside the key, never as the key.",
         },
         "paths": paths,
         "components": {

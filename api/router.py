@@ -11,7 +11,7 @@ import time
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from api.errors import request_id
+from api.errors import client_request_id, request_id
 from api.inference import PredictionResult, Services, predict
 from api.openapi import build_spec
 from api.request_handlers import check_admin_token, json_body, parse_predict, parse_promote
@@ -35,8 +35,8 @@ def predict_route(model: str):
     """Classify one text or a batch of texts with the served version of a model."""
     svc = services()
     parsed = parse_predict(json_body(request), svc.settings)
-    rid = request_id()
-    result = predict(svc, model, parsed, rid, g.started)
+    rid, client = request_id(), client_request_id()
+    result = predict(svc, model, parsed, rid, g.started, client_request_id=client)
     done = time.perf_counter()
     timings = {**result.timings, "total": done - g.started}
     _observe(svc, result, timings)
@@ -48,6 +48,8 @@ def predict_route(model: str):
         "version": head.version,
         "model_type": head.model_type,
     }
+    if client is not None:
+        body["client_request_id"] = client
     items = [
         {**p.as_dict(), "cached": cached}
         for p, cached in zip(result.predictions, result.cached, strict=True)

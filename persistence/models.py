@@ -150,13 +150,23 @@ class Inference(Base):
 
     A request of N texts gives N rows, `item` 0..N-1. (`request_id`, `item`) is the primary
     key, so a row written twice (a replayed spool, a retried batch) is stored once; there is no
-    surrogate id, whose extra index every prediction would pay for.
+    surrogate id, whose extra index every prediction would pay for. `request_id` is always made
+    by the server (no client can collide with another request's rows); the caller's own
+    X-Request-ID, when it sent one, is `client_request_id`, for correlation only.
     """
 
     __tablename__ = "inferences"
     __table_args__ = (
         # Production analysis: one model over a time range.
         Index("ix_inferences_model_region_created_at", "model", "region", "created_at"),
+        # Look-ups by the caller's id. Partial: most requests send none, and a row without one
+        # then costs no index entry.
+        Index(
+            "ix_inferences_client_request_id",
+            "client_request_id",
+            postgresql_where=sql_text("client_request_id IS NOT NULL"),
+            sqlite_where=sql_text("client_request_id IS NOT NULL"),
+        ),
     )
 
     request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -174,6 +184,8 @@ class Inference(Base):
     latency_ms: Mapped[float] = mapped_column(Float)
     cache_hit: Mapped[bool] = mapped_column(Boolean)
     embedder_fingerprint: Mapped[str] = mapped_column(String(64))
+    # The caller's X-Request-ID (sane ones only: 1-64 of A-Z a-z 0-9 . _ : -), or NULL.
+    client_request_id: Mapped[str | None] = mapped_column(String(64))
 
     def __repr__(self) -> str:
         return (

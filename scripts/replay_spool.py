@@ -1,8 +1,10 @@
 """Replay the inference-log spool into the database (the library part is persistence.inference_log).
 
-The API's writers replay the spool themselves when the database comes back and when a worker
-starts; this script is for the other cases: a machine whose API is gone, a spool copied from
-another machine, or checking by hand that nothing is left behind.
+The spool is the workers' journals: rows kept through a database outage, and the rows a worker
+killed without a shutdown (SIGKILL, the OOM killer) had not written yet. The API's writers
+replay them themselves when the database comes back and when a worker starts; this script is
+for the other cases: a machine whose API is gone, a spool copied from another machine, or
+checking by hand that nothing is left behind.
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     settings = get_settings()
     parser = argparse.ArgumentParser(
         description=(
-            "Insert the rows of the inference-log spool (spool-*.jsonl files: predictions that "
-            "could not be written to the database when they were served) into the inferences "
+            "Insert the rows of the inference-log spool (spool-*.jsonl files: the journals of "
+            "API workers, holding predictions that were not written to the database when they "
+            "were served, because it was away or because the worker died) into the inferences "
             "table, then delete each file whose rows are all stored. The database schema is "
             "created or upgraded first (alembic upgrade head). Rows already in the database are "
             "skipped (unique request_id and item), so replaying twice is harmless. Files still "
             "locked by a running API worker are left alone: that worker replays them itself. "
-            "Rows the database refuses for their values go to rejected-*.jsonl beside them."
+            "Rows the database refuses for their values, and rows whose key already holds a "
+            "different row (a conflict), go to rejected-*.jsonl beside them."
         ),
         epilog=(
             "examples:\n"
@@ -95,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%d spool file(s) left: locked by running writers", stats.spool_files)
     if stats.dropped:
         log.error("%d rows were refused by the database: see rejected-*.jsonl", stats.dropped)
+    if stats.conflicts:
+        log.error(
+            "%d rows conflict with different rows stored under their keys: see rejected-*.jsonl",
+            stats.conflicts,
+        )
     return 0
 
 

@@ -8,6 +8,7 @@ Every response a test here receives is validated against the app's own `/openapi
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -150,13 +151,55 @@ def test_a_batch_gives_one_prediction_and_one_row_per_text(api, api_app, pg_engi
     assert count_rows(pg_engine, request_id=request_id) == len(texts)
 
 
-def test_a_repeated_request_id_is_logged_once(api, api_app, pg_engine):
+def test_a_repeated_client_request_id_gives_one_row_per_answer(api, api_app, pg_engine):
+    """The caller's X-Request-ID is echoed and stored beside the key, never used as the key:
+    three requests with the same one are three rows under three server-made ids."""
     headers = {"X-Request-ID": "client-chosen-id-42"}
+    ids = []
     for _ in range(3):
         response = post(api, "/predict/tiny_banking", {"text": "I lost my card"}, headers=headers)
-        assert response.get_json()["request_id"] == "client-chosen-id-42"
+        body = response.get_json()
+        assert body["request_id"] == response.headers["X-Request-ID"] != "client-chosen-id-42"
+        assert body["client_request_id"] == "client-chosen-id-42"
+        assert response.headers["X-Client-Request-ID"] == "client-chosen-id-42"
+        ids.append(body["request_id"])
     flush(api_app)
-    assert count_rows(pg_engine) == 1
+    assert len(set(ids)) == 3 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    with pg_engine.connect() as connection:
+        rows = connection.execute(select(Inference.request_id, Inference.client_request_id)).all()
+    assert sorted(rows) == sorted((i, "client-chosen-id-42") for i in ids)
+
+
+def test_a_client_cannot_claim_the_key_of_another_request(api, api_app, pg_engine):
+    """Sending a server id (seen in an answer, or guessed) as X-Request-ID takes nothing from
+    anyone: every answer still gets its own row, and the row already stored is untouched."""
+    first = post(api, "/predict/tiny_banking", {"text": "I lost my card"}).get_json()
+    assert "client_request_id" not in first  # none sent: none echoed
+    claimed = {"X-Request-ID": first["request_id"]}
+    again = post(api, "/predict/tiny_banking", {"text": "my top up failed"}, headers=claimed)
+    assert again.get_json()["request_id"] not in (first["request_id"], "")
+    insane = post(
+        api, "/predict/tiny_banking", {"text": "my top up failed"}, headers={"X-Request-ID": "a b"}
+    )
+    assert "X-Client-Request-ID" not in insane.headers
+    assert "client_request_id" not in insane.get_json()
+    flush(api_app)
+    with pg_engine.connect() as connection:
+        rows = dict(
+            connection.execute(
+                select(Inference.request_id, Inference.input_text).where(Inference.item == 0)
+            ).all()
+        )
+        clients = dict(
+            connection.execute(select(Inference.request_id, Inference.client_request_id)).all()
+        )
+    assert rows == {
+        first["request_id"]: "I lost my card",
+        again.get_json()["request_id"]: "my top up failed",
+        insane.get_json()["request_id"]: "my top up failed",
+    }
+    assert clients[again.get_json()["request_id"]] == first["request_id"]
+    assert clients[first["request_id"]] is None and clients[insane.get_json()["request_id"]] is None
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,18 @@ broken build fails instead of hanging; nothing asserts how long anything took.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -29,7 +33,9 @@ from persistence.inference_log import (
     LogStats,
     record_from_json,
     record_to_json,
+    record_to_line,
 )
+from persistence.journal import Journal
 from persistence.models import Inference
 from tests.conftest import REPO, free_port
 
@@ -150,6 +156,99 @@ def test_spool_line_round_trips_a_record():
     assert again.created_at.utcoffset() == timedelta(0)
     with pytest.raises(ValueError):
         record_from_json(line[: len(line) // 2])  # a torn line
+
+
+def test_journal_lines_round_trip_every_record():
+    """The fast journal line (UTF-8, orjson) reads back as the same record, and the cases it
+    cannot write exactly (a non-finite float, an unpaired surrogate) take the ASCII form."""
+    plain = make_records("line", 2, client_request_id="client-7")[1]
+    cases = [
+        plain,
+        make_records("no-client", 1)[0],
+        make_records("null", 1, input_text="null and void")[0],
+        make_records("surrogate", 1, input_text="bad \ud800 text")[0],
+        make_records("nan", 1, probability=float("nan"), latency_ms=float("inf"))[0],
+    ]
+    for record in cases:
+        line = record_to_line(record)
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        again = record_from_json(line)
+        if record.request_id == "nan":
+            assert math.isnan(again.probability) and again.latency_ms == math.inf
+            assert replace(again, probability=0.0, latency_ms=0.0) == replace(
+                record, probability=0.0, latency_ms=0.0
+            )
+        else:
+            assert again == record
+    assert "\u00dc".encode() in record_to_line(plain)  # UTF-8, not escaped: the fast path
+    assert record_to_line(cases[3]).isascii()  # the surrogate: the ASCII form
+    # A line written before client_request_id existed still reads, as None.
+    old = json.loads(record_to_json(plain))
+    del old["client_request_id"]
+    assert record_from_json(json.dumps(old)) == replace(plain, client_request_id=None)
+
+
+def _locked(path: Path) -> bool:
+    """Whether some open file (this process's journal included) holds a lock on `path`."""
+    with open(path, "rb") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return False
+
+
+def test_journal_deletes_settled_segments_and_releases_kept_ones(tmp_path):
+    """The accounting of the journal on its own: a sealed segment whose rows are all settled is
+    deleted, one that keeps rows is unlocked and left for replay, the live one is emptied when
+    all its rows are settled, and every segment is locked while this process owns it."""
+    journal = Journal(tmp_path, segment_bytes=100)
+    line = b"x" * 60 + b"\n"
+    first = journal.append(line, 1)
+    assert journal.append(line, 1) is first  # 122 bytes: now sealed
+    second = journal.append(line, 1)  # a new live segment
+    assert second is not first and _locked(first.path) and _locked(second.path)
+    assert journal.private_paths() == {str(first.path), str(second.path)}
+
+    journal.account(settled={first: 2})
+    assert not first.path.exists()  # every row committed: deleted
+
+    assert not journal.account(kept={second: 1}, sync=True)  # the database is away
+    assert str(second.path) not in journal.private_paths() and journal.has_kept()
+    journal.seal_kept()  # the database is back: replay it
+    assert second.path.exists() and not _locked(second.path)  # released, for any replayer
+    assert not journal.has_kept()
+
+    third = journal.append(line, 1)
+    journal.account(settled={third: 1})
+    assert third.path.stat().st_size == 0 and _locked(third.path)  # emptied, still live
+    spill = journal.append(line, 1, spill=True)  # kept from the start
+    assert spill is not third and str(spill.path) not in journal.private_paths()
+    journal.close()
+    assert not third.path.exists()  # nothing left in it
+    assert spill.path.exists() and not _locked(spill.path)  # left for replay
+    assert sorted(tmp_path.glob("spool-*.jsonl")) == sorted([second.path, spill.path])
+
+
+def test_rows_are_in_the_journal_when_enqueue_returns(tmp_path):
+    """Before the caller can answer, its rows are on disk: nothing else has run (the writer is
+    not even started), yet the segment holds exactly the records, one line each."""
+    log = new_log(dead_url(), tmp_path)
+    records = make_records("journaled", 3, client_request_id="client-7")
+    log.enqueue(records)
+    (segment,) = spool_files(tmp_path)
+    assert f"spool-{os.getpid()}-" in segment.name
+    assert [record_from_json(line) for line in segment.read_bytes().splitlines()] == records
+    more = make_records("journaled-2", 1)
+    log.enqueue(more)
+    lines = segment.read_bytes().splitlines()
+    assert [record_from_json(line) for line in lines] == records + more
+    stats = log.stats()
+    # Rows in flight are the journal, not the spool: nothing waits for replay yet.
+    assert (stats.queue_depth, stats.spooled, stats.spool_files) == (4, 0, 0)
+    log.close()  # the database is dead: the segment is kept, unlocked, for a replay
+    assert log.stats().spooled == 4 and log.stats().spool_files == 1
 
 
 def test_nothing_happens_before_start(tmp_path):
@@ -386,6 +485,163 @@ def test_spool_of_a_killed_worker_is_replayed_and_a_live_one_is_not(pg_engine, t
         log.close()
     assert row_count(pg_engine) == 7
     assert spool_files(tmp_path) == []
+
+
+CHILD_KILLED_WITH_ROWS_QUEUED = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from tests.test_inference_log import make_records, new_log
+from pathlib import Path
+# A batch that never fills and a long wait: rows stay on the queue until the process dies.
+log = new_log({url!r}, Path({spool!r}), flush_interval_s=600, batch_size=10_000).start()
+log.enqueue(make_records("written-before", 4))
+assert log.flush()
+for i in range(30):
+    log.enqueue(make_records(f"queued-{{i}}", 2))
+print("enqueued", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.db
+def test_rows_queued_by_a_sigkilled_worker_are_replayed_from_its_journal(pg_engine, tmp_path):
+    """SIGKILL gives no chance to flush: the rows still in the dead process's memory queue
+    reach the database from its journal, replayed by the next log to start; the rows it had
+    already written are not doubled, and nothing is taken for a conflict."""
+    url = pg_engine.url.render_as_string(False)
+    code = CHILD_KILLED_WITH_ROWS_QUEUED.format(repo=str(REPO), url=url, spool=str(tmp_path))
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert child.stdout.readline().strip() == "enqueued"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(WAIT_S)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert row_count(pg_engine) == 4  # the 60 queued rows died with the process's memory
+    (journal,) = spool_files(tmp_path)
+    assert f"spool-{child.pid}-" in journal.name
+    successor = new_log(url, tmp_path).start()  # as the worker gunicorn starts in its place
+    try:
+        wait_for(lambda: row_count(pg_engine) == 64, "the dead worker's journal is replayed")
+        wait_for(lambda: not spool_files(tmp_path), "the replayed journal is deleted")
+        stats = successor.stats()
+        assert stats.replayed >= 60 and (stats.conflicts, stats.dropped) == (0, 0)
+    finally:
+        successor.close()
+    assert distinct_keys(pg_engine) == 64
+    assert not list(tmp_path.glob("rejected-*.jsonl"))
+
+
+@pytest.mark.db
+def test_committed_segments_are_deleted_and_the_live_one_kept_small(pg_engine, tmp_path):
+    """Segments rotate by size; once their rows are committed they are deleted, and the live
+    one is emptied, so the disk holds only rows not yet in the database."""
+    url = pg_engine.url.render_as_string(False)
+    log = new_log(url, tmp_path, segment_bytes=4096, batch_size=25)  # not started yet
+    requests = [make_records(f"seg-{i}", 2) for i in range(100)]
+    for records in requests:
+        log.enqueue(records)
+    files = spool_files(tmp_path)
+    lines = [line for path in files for line in path.read_bytes().splitlines()]
+    assert len(files) > 5 and len(lines) == 200  # rotated, every row on disk exactly once
+    assert log.stats().spool_files == 0  # all of it is the journal of rows in flight
+    log.start()
+    try:
+        assert log.flush(WAIT_S)
+        wait_for(
+            lambda: sum(path.stat().st_size for path in spool_files(tmp_path)) == 0,
+            "every committed segment deleted, the live one emptied",
+        )
+        assert len(spool_files(tmp_path)) <= 1
+        assert row_count(pg_engine) == 200 and log.stats().written == 200
+        # And it keeps doing so under a steady trickle.
+        for i in range(40):
+            log.enqueue(make_records(f"trickle-{i}", 3))
+            if i % 10 == 9:
+                assert log.flush(WAIT_S)
+        assert log.flush(WAIT_S)
+        assert sum(path.stat().st_size for path in spool_files(tmp_path)) == 0
+    finally:
+        log.close()
+    assert spool_files(tmp_path) == []
+    assert row_count(pg_engine) == 320
+
+
+def _log_url(backend: str, request, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'dc.sqlite'}"
+        upgrade(url)
+        return url
+    return request.getfixturevalue("pg_engine").url.render_as_string(False)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.db), "sqlite"])
+def test_a_different_row_under_a_stored_key_is_quarantined_never_dropped(
+    backend, request, tmp_path, caplog
+):
+    """An identical row under a stored key is a replay: silent. A different one is a conflict,
+    on every path (a COPY/executemany batch, a single row, two rows of one batch, a replayed
+    spool): logged at ERROR, kept in the rejected file, counted; the stored row is untouched."""
+    url = _log_url(backend, request, tmp_path)
+    engine = make_engine(url)
+    spool = tmp_path / "spool"
+    log = new_log(url, spool).start()
+    original = make_records("taken", 3)
+    try:
+        log.enqueue(original)
+        assert log.flush(WAIT_S)
+        with caplog.at_level(logging.ERROR, logger="persistence.inference_log"):
+            log.enqueue(original)  # a replay of the same rows
+            assert log.flush(WAIT_S)
+            assert log.stats().conflicts == 0 and not caplog.records
+            twin = make_records("twin", 1)[0]
+            log.enqueue(  # one batch: two conflicts, a twin pair, a fresh row
+                [
+                    replace(original[1], predicted_label="something_else"),
+                    replace(original[2], client_request_id="someone-else"),
+                    twin,
+                    replace(twin, probability=0.01),
+                    *make_records("fresh", 1),
+                ]
+            )
+            assert log.flush(WAIT_S)
+            log.enqueue([replace(original[0], latency_ms=99.0)])  # a single row
+            assert log.flush(WAIT_S)
+            stats = log.stats()
+            assert (stats.conflicts, stats.dropped, stats.written) == (4, 0, 8)
+        write_spool_while_down(spool / "other", [replace(original[0], top_k=[])])
+        replayer = new_log(url, spool / "other")
+        with caplog.at_level(logging.ERROR, logger="persistence.inference_log"):
+            assert replayer.replay_spool() == 0
+        replayer.close()
+        assert replayer.stats().conflicts == 1 and spool_files(spool / "other") == []
+    finally:
+        log.close()
+    try:
+        assert_round_trip(engine, original)  # the stored rows are what was first written
+        assert len(stored(engine, "twin")) == 1 and stored(engine, "twin")[0].probability != 0.01
+        assert row_count(engine) == 5
+    finally:
+        engine.dispose()
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert sorted(re.search(r"conflicting row (\S+):", m)[1] for m in messages) == [
+        "taken#0",
+        "taken#0",
+        "taken#1",
+        "taken#2",
+        "twin#0",
+    ]
+    entries = [
+        json.loads(line)
+        for path in spool.rglob("rejected-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert len(entries) == 5 and all(entry["error"].startswith("conflict") for entry in entries)
+    assert {entry["record"]["predicted_label"] for entry in entries} >= {"something_else"}
 
 
 @pytest.mark.db

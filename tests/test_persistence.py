@@ -73,7 +73,7 @@ def test_alembic_creates_and_drops_both_tables_on_postgresql(pg_migrated):
         assert set(inspect(engine).get_table_names()) >= TABLES
         with engine.connect() as connection:
             assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-                ("0002",)
+                ("0003",)
             ]
         # The committed revision and the models describe the same schema.
         command.check(alembic_config(pg_migrated))
@@ -90,6 +90,77 @@ def test_alembic_creates_both_tables_on_a_new_sqlite_file(tmp_path):
         command.check(alembic_config(url))
     finally:
         engine.dispose()
+
+
+INFERENCE_0002 = {
+    "request_id": "kept-across-0003",
+    "item": 0,
+    "created_at": NOW,
+    "model": "m",
+    "region": "eu",
+    "version": "v1",
+    "model_type": "mlp",
+    "input_text": "where is my card",
+    "predicted_label": "card_arrival",
+    "probability": 0.5,
+    "top_k": '[{"label": "card_arrival", "probability": 0.5}]',
+    "latency_ms": 1.0,
+    "cache_hit": False,
+    "embedder_fingerprint": "f" * 64,
+}
+
+
+def client_id_schema(engine) -> tuple[bool, set[str]]:
+    """Whether `inferences` has client_request_id, and the names of its indexes."""
+    found = inspect(engine)
+    columns = {column["name"] for column in found.get_columns("inferences")}
+    return "client_request_id" in columns, {ix["name"] for ix in found.get_indexes("inferences")}
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.db), "sqlite"])
+def test_migration_0003_adds_and_drops_the_client_request_id(backend, request, tmp_path):
+    """0003 up keeps the rows of 0002 (their client id NULL) and indexes the new column; down
+    drops both and keeps the rows."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'dc.sqlite'}"
+    else:  # the session's database, at head and emptied
+        url = request.getfixturevalue("pg_engine").url.render_as_string(hide_password=False)
+    config = alembic_config(url)
+    command.upgrade(config, "0002")
+    command.downgrade(config, "0002")  # from head, on PostgreSQL
+    engine = make_engine(url)
+    try:
+        columns = ", ".join(INFERENCE_0002)
+        values = ", ".join(f":{name}" for name in INFERENCE_0002)
+        with engine.begin() as connection:
+            connection.execute(
+                text(f"INSERT INTO inferences ({columns}) VALUES ({values})"), INFERENCE_0002
+            )
+        assert client_id_schema(engine)[0] is False
+
+        command.upgrade(config, "0003")
+        has_column, indexes = client_id_schema(engine)
+        assert has_column and "ix_inferences_client_request_id" in indexes
+        with engine.begin() as connection:
+            assert connection.execute(
+                text("SELECT request_id, client_request_id FROM inferences")
+            ).all() == [("kept-across-0003", None)]
+            connection.execute(
+                text("UPDATE inferences SET client_request_id = 'client-1'")
+            )  # the column takes a caller's id
+        command.check(config)  # the models describe 0003
+
+        command.downgrade(config, "0002")
+        has_column, indexes = client_id_schema(engine)
+        assert not has_column and "ix_inferences_client_request_id" not in indexes
+        assert "ix_inferences_model_region_created_at" in indexes  # 0002's index survives
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT request_id FROM inferences")).all() == [
+                ("kept-across-0003",)
+            ]
+    finally:
+        engine.dispose()
+        upgrade(url)
 
 
 def test_sqlite_default_stores_and_filters_times_in_utc(tmp_path):
