@@ -2,6 +2,12 @@
 
 - Nothing heavy before fork: `preload_app = False`, so each worker builds its app (model store,
   inference log, embedder client or encoder) after forking. The master only reads settings.
+- The worker class is `web.worker.BufferedThreadWorker` (`DC_API_THREADS` request threads): it
+  buffers each request in its event loop until complete, so slow clients never hold a thread
+  (408 past `DC_REQUEST_READ_TIMEOUT_S`); sheds requests that wait for a thread longer than
+  `DC_MAX_QUEUE_WAIT_MS` (429 with Retry-After); runs /health, /ready and /metrics on threads of
+  their own; answers gunicorn's own rejections with the JSON error envelope; and on SIGTERM
+  answers every request it accepted.
 - Workers are recycled after `DC_API_MAX_REQUESTS` requests plus a random jitter, so they never
   restart all at once.
 - Hooks: the Prometheus multiprocess folder is emptied when the server starts and a dead
@@ -30,7 +36,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 wsgi_app = "api.app:create_app()"
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.api_workers
-worker_class = "gthread"
+worker_class = "web.worker.BufferedThreadWorker"
 threads = _settings.api_threads
 preload_app = False
 timeout = _settings.api_timeout_s

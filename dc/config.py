@@ -103,18 +103,20 @@ class Settings(BaseSettings):
     request_read_timeout_s: float = Field(
         10.0,
         gt=0,
-        description="Longest a client may take to send one whole request (headers and body). "
-        "Requests are buffered by each worker's event loop until complete, so a slow or idle "
-        "client never holds a request thread; past this deadline its connection is answered "
-        "408 and closed.",
+        description="Longest a client may take to send one whole request (headers and body), "
+        "from its first byte (from the connection's opening for a new one). Requests are "
+        "buffered by each worker's event loop until complete, so a slow or idle client never "
+        "holds a request thread; past this deadline its connection is answered 408 and closed. "
+        "A send to a client that does not read its answer also gives up after this long.",
     )
     max_queue_wait_ms: float = Field(
         500.0,
         gt=0,
         description="Load shedding: longest a complete request may wait for a free request "
-        "thread. Past it the worker answers 429 `overloaded` with Retry-After at once instead "
-        "of queueing more (health and readiness checks have their own threads and are never "
-        "shed). Lower: less latency under overload, more 429s in bursts.",
+        "thread. When it has waited that long, the worker's event loop answers it 429 "
+        "`overloaded` with Retry-After and closes the connection (GET/HEAD of /health, /ready "
+        "and /metrics have two threads of their own and are never shed). Lower: less latency "
+        "under overload, more 429s in bursts.",
     )
 
     # --- the client (dc.nlp.embeddings) ----------------------------------------------------------
