@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup export demo train run run-api run-embedder replay-spool loadtest test test-fast bench lint format golden clean
+.PHONY: help setup export demo train run run-api run-embedder replay-spool loadtest test test-fast bench bench-smoke lint format golden clean
 
 help: ## List the targets with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,19 +37,27 @@ run-embedder: ## Serve the embedder under gunicorn on DC_EMBEDDER_HOST:DC_EMBEDD
 loadtest: setup ## JMeter load test of the running API (make run first); writes var/loadtest/summary.{json,md}
 	bash scripts/loadtest.sh
 
-test: setup ## Set up, then run the whole test suite (what CI runs)
+test: setup ## Set up, run the whole test suite, then every benchmark's smoke run (what CI runs)
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory bench-smoke
 
 test-fast: ## Run the tests that start no server
 	$(PY) -m pytest -m "not slow"
 
-bench: setup ## Encoder, embedder, heads, API, design a-e, sizing sweep (~15 min); writes bench/results/
-	$(PY) bench/bench_embedder.py
-	$(PY) bench/bench_tf_threads.py
-	$(PY) bench/bench_heads.py
-	$(PY) bench/bench_api.py
-	$(PY) bench/bench_design.py
-	$(PY) bench/sweep_sizing.py
+# What `make bench` runs, in order (bench/<name>.py). A missed target (exit status 1) does not
+# stop the others: each writes its results, and the target fails at the end.
+BENCHMARKS := bench_embedder bench_tf_threads bench_heads bench_api bench_design sweep_sizing \
+	bench_overload
+
+bench: setup demo ## Encoder, embedder, heads, API, design a-e, sizing, overload (~15 min); writes bench/results/
+	@failed=""; for name in $(BENCHMARKS); do \
+		echo "== bench/$$name.py"; $(PY) bench/$$name.py; status=$$?; \
+		[ $$status -ne 130 ] || exit 130; [ $$status -eq 0 ] || failed="$$failed $$name"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "missed a target or failed (see above):$$failed"; exit 1; fi
+
+bench-smoke: setup ## Every benchmark's --smoke run, two at a time (~2 min); writes var/bench-smoke/
+	$(PY) bench/smoke.py --run
 
 lint: ## ruff check and format check
 	$(VENV)/bin/ruff check .

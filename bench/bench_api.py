@@ -45,9 +45,14 @@ saved either way).
 The machine's cores are shared by wrk and both servers (and the embedder, idle while
 measuring): compare the ratio, not the absolute figures, across runs.
 
+Smoke mode (`--smoke`, what `make bench-smoke` runs): one round of 1 s each, 20 phrases, as
+many wrk connections as request threads, the tiny smoke models of bench/smoke.py instead of the
+demo's, results in var/bench-smoke/results/; it fails on errors or on predictions missing from
+the inference log, never on the ratio.
+
 Usage: python bench/bench_api.py [--seconds 8] [--rounds 3] [--workers 2] [--threads 4]
                                  [--wrk-threads 2] [--connections 16] [--phrases 100]
-                                 [--model banking77] [--out bench/results]
+                                 [--model banking77] [--out bench/results] [--smoke]
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import smoke  # noqa: E402
 from bench.bench_embedder import ensure_wrk, load_phrases  # noqa: E402
 from dc.config import VAR_DIR, Settings  # noqa: E402
 
@@ -395,12 +401,19 @@ def open_database(workdir: Path) -> Database:
     )
 
 
-def prepare_registry(database: Database, workdir: Path, settings: Settings) -> list[dict]:
-    """Migrate the benchmark database and copy the demo models' promoted versions into it."""
+def prepare_registry(
+    database: Database, workdir: Path, settings: Settings, source_file: Path | None = None
+) -> list[dict]:
+    """Migrate the benchmark database and copy the demo models' promoted versions into it.
+
+    Args:
+        source_file: the SQLite registry to copy them from: var/dc.sqlite (`make demo`) by
+            default, bench/smoke.py's for a smoke run.
+    """
     from persistence import registry
     from persistence.db import make_engine, session_factory, upgrade
 
-    source_file = VAR_DIR / "dc.sqlite"
+    source_file = source_file or VAR_DIR / "dc.sqlite"
     if not source_file.exists():
         raise SystemExit(f"{source_file} is missing: run .venv/bin/python scripts/demo.py first")
     # A migrated copy (sqlite's backup API: consistent even while someone writes the file).
@@ -813,15 +826,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        default=REPO / "bench" / "results",
-        help="where api.json and api.md go (default bench/results)",
+        help="where api.json and api.md go (default bench/results; var/bench-smoke/results "
+        "with --smoke)",
     )
     parser.add_argument(
         "--keep-logs",
         action="store_true",
         help="keep the servers' logs and the work folder (printed)",
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a quick check that the benchmark works (see above); overrides --seconds, "
+        "--rounds, --phrases and --connections",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.rounds, args.phrases = 1.0, 1, 20
+        # No more connections than request threads: none waits for one, so none is shed
+        # (429) however busy the machine is, and any error means something broke.
+        args.connections = args.workers * args.threads
+        args.out = smoke.smoke_out(args.out)
+    elif args.out is None:
+        args.out = REPO / "bench" / "results"
     if args.rounds < 1 or args.seconds <= 0 or args.phrases < 1:
         parser.error("--rounds, --seconds and --phrases must be positive")
     return args
@@ -857,9 +884,10 @@ def main() -> int:
         bodies = workdir / "bodies.jsonl"
         bodies.write_text("".join(json.dumps({"text": p}) + "\n" for p in phrases))
 
+        registry_file = smoke.ensure_models() if args.smoke else None
         database = open_database(workdir)
         print(f"database: {database.display_url} ({database.how})")
-        copied = prepare_registry(database, workdir, settings)
+        copied = prepare_registry(database, workdir, settings, registry_file)
         print("registry: " + ", ".join(f"{c['model']} {c['version']}" for c in copied))
 
         embedder_port, api_port, echo_port = free_port(), free_port(), free_port()
@@ -935,7 +963,8 @@ def main() -> int:
             f"(answers by worker: {warm['check_answers_by_worker']})"
         )
         predict_path = f"/predict/{args.model}"
-        warm_args = argparse.Namespace(**{**vars(args), "seconds": WARM_WRK_SECONDS})
+        warm_seconds = min(WARM_WRK_SECONDS, args.seconds) if args.smoke else WARM_WRK_SECONDS
+        warm_args = argparse.Namespace(**{**vars(args), "seconds": warm_seconds})
         warm_wrk = {
             "echo": run_wrk(wrk, echo_port, bodies, "/echo", warm_args, args.workers),
             "api": run_wrk(wrk, api_port, bodies, predict_path, warm_args, args.workers),
@@ -1017,6 +1046,7 @@ def main() -> int:
     wrk_in_flight = api_summary["in_flight_at_stop"] + api_summary["discarded_in_flight"]
     report = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "smoke": args.smoke,
         "machine": {
             **machine_info(),
             "load_average_before": load_before,
@@ -1071,12 +1101,20 @@ def main() -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "api.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = to_markdown(report)
+    markdown = smoke.mark(to_markdown(report), args.smoke)
     (args.out / "api.md").write_text(markdown)
     print_table(report)
     print()
     print(markdown)
     print(f"saved {args.out / 'api.json'} and {args.out / 'api.md'}")
+    if args.smoke:
+        smoke.require_no_errors({"echo": echo_summary, "api": api_summary})
+        if not report["logging"]["rows_equal_api_2xx"]:
+            raise SystemExit(
+                f"smoke run failed: {rows_written} inference rows written for "
+                f"{totals['api_2xx']} 2xx answers"
+            )
+        return 0
     return 0 if report["pass"] else 1
 
 

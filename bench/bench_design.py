@@ -29,9 +29,15 @@ Output: a table on stdout, bench/results/design.json, design.md and design.png (
 Every process started is stopped at the end (SIGTERM, then SIGKILL), also on Ctrl-C. About
 2-3 minutes with the defaults. Exit status 0 when all three targets are met, 1 otherwise.
 
+Smoke mode (`--smoke`, what `make bench-smoke` runs): 1 s per point, a stream of 1000 requests
+over 100 phrases per model, 2 extra models, one gunicorn worker per app (each naive worker
+loads the encoder) and as many wrk connections as its threads, the tiny models of
+bench/smoke.py instead of the demo's, results in var/bench-smoke/results/; it fails on errors,
+never on the targets.
+
 Usage: python bench/bench_design.py [--seconds 10] [--requests 20000] [--distinct 2000]
                                     [--wrk-threads 2] [--connections 16] [--copies 21]
-                                    [--out bench/results] [--keep-logs]
+                                    [--out bench/results] [--keep-logs] [--smoke]
 """
 
 from __future__ import annotations
@@ -49,9 +55,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+import psutil  # the bench extra: memory of the served stacks
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import smoke  # noqa: E402
 from bench.bench_api import (  # noqa: E402
     REGION,
     WARM_WRK_SECONDS,
@@ -163,8 +172,6 @@ def _proc_kb(pid: int, path: str, key: str) -> int | None:
 
 def group_memory(server: Server) -> list[dict]:
     """RSS and PSS (kB) of the server's master and every child process."""
-    import psutil
-
     master = psutil.Process(server.proc.pid)
     procs = [master, *master.children(recursive=True)]
     rows = []
@@ -377,10 +384,27 @@ def parse_args() -> argparse.Namespace:
         "--copies", type=int, default=21, help="extra promoted models m01..mNN for (e) (21)"
     )
     parser.add_argument(
-        "--out", type=Path, default=REPO / "bench" / "results", help="output folder"
+        "--out",
+        type=Path,
+        help="output folder (default bench/results; var/bench-smoke/results with --smoke)",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a quick check that the benchmark works (see above); overrides --seconds, "
+        "--requests, --distinct, --copies, --workers and --connections",
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.requests, args.distinct, args.copies = 1.0, 1000, 100, 2
+        # One worker: the naive app loads the encoder once. No more connections than request
+        # threads: none waits for one, so none is shed (429) however busy the machine is.
+        args.workers = 1
+        args.connections = args.threads
+        args.out = smoke.smoke_out(args.out)
+    elif args.out is None:
+        args.out = REPO / "bench" / "results"
     if args.seconds <= 0 or args.requests < 1 or args.distinct < 1 or args.copies < 0:
         parser.error("--seconds, --requests, --distinct must be positive")
     return args
@@ -402,9 +426,10 @@ def main() -> int:
         print(
             f"stream: {stream_len} requests, {n_bodies} for {MODEL} ({len(texts)} distinct texts)"
         )
+        registry_file = smoke.ensure_models() if args.smoke else None
         database = open_database(workdir)
         print(f"database: {database.display_url} ({database.how})")
-        copied = prepare_registry(database, workdir, settings)
+        copied = prepare_registry(database, workdir, settings, registry_file)
         copies = register_copies(database, args.copies, settings, workdir)
         models = [c["model"] for c in copied] + copies
         print(f"registry: {len(models)} promoted models ({', '.join(models[:4])}, ...)")
@@ -420,7 +445,8 @@ def main() -> int:
         envs = {"base": base_env, "api": app_env}
         gunicorn = [sys.executable, "-m", "gunicorn"]
         path = f"/predict/{MODEL}"
-        warm_args = argparse.Namespace(**{**vars(args), "seconds": WARM_WRK_SECONDS})
+        warm_seconds = min(WARM_WRK_SECONDS, args.seconds) if args.smoke else WARM_WRK_SECONDS
+        warm_args = argparse.Namespace(**{**vars(args), "seconds": warm_seconds})
 
         # (a) echo
         echo_port = free_port()
@@ -472,7 +498,10 @@ def main() -> int:
         naive = start_server(
             "naive",
             [*gunicorn, "-c", "api/gunicorn.conf.py", "bench.naive_app:create_app()"],
+            # The baseline is measured as the design's starting point, without the worker's
+            # load shedding: its 100+ ms requests would otherwise be shed in bursts.
             {**base_env, **app_env, "DC_API_PORT": str(naive_port), "DC_NAIVE_MODELS": MODEL,
+             "DC_MAX_QUEUE_WAIT_MS": "600000",
              "PROMETHEUS_MULTIPROC_DIR": str(workdir / "naive-metrics")},
             naive_port, workdir,
         )  # fmt: skip
@@ -543,6 +572,7 @@ def main() -> int:
     }
     report = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "smoke": args.smoke,
         "machine": machine_info(),
         "settings": {
             "seconds": args.seconds,
@@ -568,7 +598,7 @@ def main() -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "design.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = to_markdown(report)
+    markdown = smoke.mark(to_markdown(report), args.smoke)
     (args.out / "design.md").write_text(markdown)
     try:
         save_chart(report, args.out / "design.png")
@@ -578,6 +608,9 @@ def main() -> int:
     print()
     print(markdown)
     print(f"saved {args.out / 'design.json'}, design.md and design.png")
+    if args.smoke:
+        smoke.require_no_errors(points)
+        return 0
     return 0 if report["pass"] else 1
 
 

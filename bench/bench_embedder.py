@@ -15,7 +15,12 @@ file of distinct phrases, so "all misses" really misses. Ratios are what to comp
 (this machine is shared and noisy): the service at 16 clients, all misses, against the raw model
 at batch 32 of the same run.
 
-Usage: python bench/bench_embedder.py [--seconds 5] [--out bench/results]
+Smoke mode (`--smoke`, what `make bench-smoke` runs): 1 s per point, the raw model at batch 32
+only, 16 clients only, and one service, on a free port, started with the last batching
+configuration (whose sweep point it also measures); results in var/bench-smoke/results/; it
+fails on errors, never on the targets.
+
+Usage: python bench/bench_embedder.py [--seconds 5] [--out bench/results] [--port 18501] [--smoke]
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import smoke  # noqa: E402
 from dc.config import Settings  # noqa: E402
 from dc.nlp.encoder import load_encoder  # noqa: E402
 
@@ -58,6 +64,13 @@ BATCHING_CONFIGS = (
 )  # fmt: skip
 HOT_PHRASES = 200
 MAX_WORDS = 10
+CACHE_HIT_REQUESTS = 2000
+# --smoke: one point of each kind (the checks compare 16 clients with raw batch 32).
+SMOKE_RAW_BATCHES = (32,)
+SMOKE_CONCURRENCY = (16,)
+# Its one batching configuration is the service the other points measure: one start less.
+SMOKE_BATCHING_CONFIG = BATCHING_CONFIGS[-1]
+SMOKE_CACHE_HIT_REQUESTS = 200
 
 
 def load_phrases(max_words: int) -> list[str]:
@@ -74,13 +87,15 @@ def load_phrases(max_words: int) -> list[str]:
 
 
 def raw_rate(encoder, phrases: list[str], batch: int, seconds: float) -> dict:
-    """Phrases/s of the bare encoder at one batch size (median of 1-second trials)."""
+    """Phrases/s of the bare encoder at one batch size (median of trials of 1 s, or of a third
+    of `seconds` when that is shorter)."""
     encoder.encode(phrases[:batch])  # warm this shape family
     rates, offset = [], 0
+    trial_s = min(1.0, seconds / 3)
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(rates) < 3:
         done, trial_start = 0, time.perf_counter()
-        while time.perf_counter() - trial_start < 1.0:
+        while time.perf_counter() - trial_start < trial_s:
             chunk = [phrases[(offset + i) % len(phrases)] for i in range(batch)]
             offset += batch
             encoder.encode(chunk)
@@ -89,10 +104,10 @@ def raw_rate(encoder, phrases: list[str], batch: int, seconds: float) -> dict:
     return {"phrases_per_s": statistics.median(rates), "trials": len(rates)}
 
 
-def bench_raw(encoder, phrases: list[str], seconds: float) -> dict[int, dict]:
-    """Phrases/s of the bare encoder at each batch size."""
+def bench_raw(encoder, phrases: list[str], seconds: float, batches=RAW_BATCHES) -> dict[int, dict]:
+    """Phrases/s of the bare encoder at each of `batches`."""
     results = {}
-    for batch in RAW_BATCHES:
+    for batch in batches:
         results[batch] = raw_rate(encoder, phrases, batch, seconds)
         print(f"raw encoder  batch {batch:>3}: {results[batch]['phrases_per_s']:8.1f} phrases/s")
     return results
@@ -181,17 +196,19 @@ def start_service(port: int, settings_env: dict[str, str]) -> subprocess.Popen:
         [sys.executable, "-m", "gunicorn", "-c", "embedder/gunicorn.conf.py"], cwd=REPO, env=env
     )
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if requests.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
                 return proc
         except requests.RequestException:
-            time.sleep(0.5)
+            pass
+        # Also after a 503: polling at once would take CPU from the model being loaded.
+        time.sleep(0.3)
     proc.kill()
     raise SystemExit("the embedder service did not become ready")
 
 
-def bench_cache_hit(port: int, phrase: str, count: int = 2000) -> dict:
+def bench_cache_hit(port: int, phrase: str, count: int = CACHE_HIT_REQUESTS) -> dict:
     """Sequential requests for one cached phrase: the service's own time and the client's."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"Content-Type": "application/json", "Accept": "application/octet-stream"}
@@ -227,7 +244,7 @@ def to_markdown(report: dict) -> str:
         "",
         "| raw SavedModel batch | phrases/s |",
         "|---:|---:|",
-        *[f"| {b} | {raw[str(b)]['phrases_per_s']:.0f} |" for b in RAW_BATCHES],
+        *[f"| {b} | {row['phrases_per_s']:.0f} |" for b, row in raw.items()],
         "",
         "| clients | all misses: req/s | p50 ms | p99 ms | 90% repeats: req/s | p50 ms | p99 ms |",
         "|---:|---:|---:|---:|---:|---:|---:|",
@@ -278,6 +295,22 @@ def batch_counters(port: int) -> tuple[float, float]:
     return values["embedder_batch_size_count"], values["embedder_batch_size_sum"]
 
 
+def measure_batching(wrk, port, workdir, phrases: Phrases, seconds, config) -> dict:
+    """16 clients and 1 client, all misses, on the service running with batching `config`."""
+    batches0, texts0 = batch_counters(port)
+    many = measure_point(wrk, port, workdir, phrases, 16, seconds)
+    batches1, texts1 = batch_counters(port)
+    one = measure_point(wrk, port, workdir, phrases, 1, seconds)
+    label = ", ".join(f"{k.removeprefix('DC_')}={v}" for k, v in config.items())
+    mean_batch = (texts1 - texts0) / max(batches1 - batches0, 1)
+    print(
+        f"{label}: 16 clients {many['requests_per_s']:6.1f} req/s (mean batch "
+        f"{mean_batch:.1f}), 1 client {one['requests_per_s']:6.1f} req/s "
+        f"p50 {one['p50_ms']:.1f} ms"
+    )
+    return {"config": label, "clients_16": many, "clients_1": one, "mean_batch_16": mean_batch}
+
+
 def sweep_batching(wrk, port, workdir, pool, seconds) -> list[dict]:
     """16 clients and 1 client, all misses, for each batching configuration, each on a fresh
     service with otherwise default settings."""
@@ -285,24 +318,10 @@ def sweep_batching(wrk, port, workdir, pool, seconds) -> list[dict]:
     for config in BATCHING_CONFIGS:
         proc = start_service(port, config)
         try:
-            phrases = Phrases(pool)
-            batches0, texts0 = batch_counters(port)
-            many = measure_point(wrk, port, workdir, phrases, 16, seconds)
-            batches1, texts1 = batch_counters(port)
-            one = measure_point(wrk, port, workdir, phrases, 1, seconds)
+            rows.append(measure_batching(wrk, port, workdir, Phrases(pool), seconds, config))
         finally:
             proc.terminate()
             proc.wait(30)
-        label = ", ".join(f"{k.removeprefix('DC_')}={v}" for k, v in config.items())
-        mean_batch = (texts1 - texts0) / max(batches1 - batches0, 1)
-        rows.append(
-            {"config": label, "clients_16": many, "clients_1": one, "mean_batch_16": mean_batch}
-        )
-        print(
-            f"{label}: 16 clients {many['requests_per_s']:6.1f} req/s (mean batch "
-            f"{mean_batch:.1f}), 1 client {one['requests_per_s']:6.1f} req/s "
-            f"p50 {one['p50_ms']:.1f} ms"
-        )
     return rows
 
 
@@ -314,10 +333,34 @@ def main() -> None:
         "--seconds", type=float, default=5.0, help="measurement time per point (default 5)"
     )
     parser.add_argument(
-        "--out", type=Path, default=REPO / "bench" / "results", help="where to write the results"
+        "--out",
+        type=Path,
+        help="where to write the results (default bench/results; var/bench-smoke/results with "
+        "--smoke)",
     )
-    parser.add_argument("--port", type=int, default=18501, help="port for the service under test")
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="port for the service under test (default 18501; a free one with --smoke)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a quick check that the benchmark works (see above); overrides --seconds",
+    )
     args = parser.parse_args()
+    raw_batches, concurrency = RAW_BATCHES, CONCURRENCY
+    hit_requests = CACHE_HIT_REQUESTS
+    if args.smoke:
+        from bench.bench_api import free_port
+
+        args.seconds = 1.0
+        args.out = smoke.smoke_out(args.out)
+        args.port = args.port or free_port()  # make test may run beside another benchmark
+        raw_batches, concurrency = SMOKE_RAW_BATCHES, SMOKE_CONCURRENCY
+        hit_requests = SMOKE_CACHE_HIT_REQUESTS
+    args.out = args.out or REPO / "bench" / "results"
+    args.port = args.port or 18501
 
     wrk = ensure_wrk()
     settings = Settings()
@@ -327,11 +370,11 @@ def main() -> None:
     )
 
     encoder = load_encoder(settings.embedder_handle)
-    raw = bench_raw(encoder, pool, args.seconds)
+    raw = bench_raw(encoder, pool, args.seconds, raw_batches)
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-embedder-"))
     port = args.port
-    proc = start_service(port, {})
+    proc = start_service(port, SMOKE_BATCHING_CONFIG if args.smoke else {})
     try:
         phrases = Phrases(pool)
         hot = phrases.take(HOT_PHRASES)
@@ -342,7 +385,7 @@ def main() -> None:
                 timeout=60,
             )
         misses, repeats = [], []
-        for clients in CONCURRENCY:
+        for clients in concurrency:
             for share, bucket in ((0.0, misses), (REPEAT_SHARE, repeats)):
                 result = measure_point(
                     wrk, port, workdir, phrases, clients, args.seconds, hot, share
@@ -358,19 +401,25 @@ def main() -> None:
                     f"{result['requests_per_s']:7.1f} req/s  p50 {result['p50_ms']:6.1f} ms  "
                     f"p99 {result['p99_ms']:6.1f} ms  errors {result['errors']}"
                 )
-        hit = bench_cache_hit(port, hot[0])
+        hit = bench_cache_hit(port, hot[0], hit_requests)
         print(f"cache hit inside the service: p50 {hit['service_p50_ms']:.3f} ms")
         info = requests.get(f"http://127.0.0.1:{port}/info", timeout=10).json()
+        if args.smoke:
+            batching = [
+                measure_batching(wrk, port, workdir, phrases, args.seconds, SMOKE_BATCHING_CONFIG)
+            ]
     finally:
         proc.terminate()
         proc.wait(30)
-    batching = sweep_batching(wrk, port, workdir, pool, args.seconds)
+    if not args.smoke:
+        batching = sweep_batching(wrk, port, workdir, pool, args.seconds)
     shutil.rmtree(workdir, ignore_errors=True)
 
     baseline = (raw[32]["phrases_per_s"] + raw_after["phrases_per_s"]) / 2
-    ratio = misses[CONCURRENCY.index(16)]["requests_per_s"] / baseline
+    ratio = misses[concurrency.index(16)]["requests_per_s"] / baseline
     report = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "smoke": args.smoke,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "seconds": args.seconds,
@@ -390,10 +439,17 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "embedder.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = to_markdown(report)
+    markdown = smoke.mark(to_markdown(report), args.smoke)
     (args.out / "embedder.md").write_text(markdown)
     print()
     print(markdown)
+    if args.smoke:
+        points = {f"{r['clients']} clients, {r['repeat_share']:.0%} repeats": r
+                  for r in misses + repeats}  # fmt: skip
+        for row in batching:
+            points[f"{row['config']}, 16 clients"] = row["clients_16"]
+            points[f"{row['config']}, 1 client"] = row["clients_1"]
+        smoke.require_no_errors(points)
 
 
 if __name__ == "__main__":

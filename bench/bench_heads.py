@@ -14,7 +14,11 @@ demo's banking77 and clinc150), cycled to 21; with none there, a tiny BANKING77 
 into a temporary folder first (about 20 s). The input is a random unit vector: the cost does
 not depend on the values. Takes about a minute on the 2-core CI machine.
 
-Usage: python bench/bench_heads.py [--artifacts var/artifacts] [--out bench/results]
+Smoke mode (`--smoke`, what `make bench-smoke` runs): the tiny models of bench/smoke.py
+(trained when missing), 3 heads instead of 21, a few repetitions; results in
+var/bench-smoke/results/.
+
+Usage: python bench/bench_heads.py [--artifacts var/artifacts] [--out bench/results] [--smoke]
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import smoke  # noqa: E402
 from dc.postprocessing import postprocess  # noqa: E402
 from dc.predict import Head, head_path, load_head  # noqa: E402
 
@@ -42,6 +47,9 @@ MANY = 21
 # Repetitions per measurement (one repetition scores every head once), and warm-up calls.
 REPEATS = {"keras_call": (300, 40), "keras_predict": (60, 8), "numpy": (5000, 1000)}
 WARMUP = 10
+SMOKE_MANY = 3
+SMOKE_REPEATS = {"keras_call": (20, 5), "keras_predict": (5, 3), "numpy": (200, 50)}
+SMOKE_WARMUP = 2
 
 
 def find_versions(artifacts: Path) -> list[Path]:
@@ -88,9 +96,9 @@ def train_tiny(folder: Path) -> list[Path]:
     return [result.version_dir]
 
 
-def timed(fn, repeats: int) -> dict[str, float]:
-    """Median and p90 wall time of `fn()` in microseconds, after a warm-up."""
-    for _ in range(WARMUP):
+def timed(fn, repeats: int, warmup: int = WARMUP) -> dict[str, float]:
+    """Median and p90 wall time of `fn()` in microseconds, after `warmup` calls."""
+    for _ in range(warmup):
         fn()
     samples = []
     for _ in range(repeats):
@@ -107,24 +115,46 @@ def timed(fn, repeats: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--artifacts", type=Path, default=REPO / "var" / "artifacts")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        help="artifacts root to take the heads from (default var/artifacts; the smoke "
+        "models' with --smoke)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write the results (default bench/results; var/bench-smoke/results with "
+        "--smoke)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a quick check that the benchmark works (see above)"
+    )
     args = parser.parse_args(argv)
+    many, repeats_of, warmup = MANY, REPEATS, WARMUP
+    if args.smoke:
+        many, repeats_of, warmup = SMOKE_MANY, SMOKE_REPEATS, SMOKE_WARMUP
+        args.out = smoke.smoke_out(args.out)
+        if args.artifacts is None:
+            smoke.ensure_models()
+            args.artifacts = smoke.ARTIFACTS
+    args.artifacts = args.artifacts or REPO / "var" / "artifacts"
+    args.out = args.out or REPO / "bench" / "results"
 
     versions = find_versions(args.artifacts)
     if not versions:
         print("no trained version under", args.artifacts, "- training a small one")
         versions = train_tiny(Path(tempfile.mkdtemp(prefix="bench-heads-")))
-    chosen = [versions[i % len(versions)] for i in range(MANY)]
+    chosen = [versions[i % len(versions)] for i in range(many)]
 
     import keras
 
     started = time.perf_counter()
     heads: list[Head] = [load_head(path) for path in chosen]
-    load_numpy_s = (time.perf_counter() - started) / MANY
+    load_numpy_s = (time.perf_counter() - started) / many
     started = time.perf_counter()
     models = [keras.saving.load_model(head_path(h.version_dir, h.model_type)) for h in heads]
-    load_keras_s = (time.perf_counter() - started) / MANY
+    load_keras_s = (time.perf_counter() - started) / many
 
     x = np.random.default_rng(0).normal(size=(1, heads[0].dimension)).astype(np.float32)
     x /= np.linalg.norm(x)
@@ -144,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return lambda: [postprocess(h.predict_proba(x), h.labels, 3, h.rule) for h in hs]
 
     rows = []
-    for count in (1, MANY):
+    for count in (1, many):
         hs, ms = heads[:count], models[:count]
         single = count == 1
         cases = [
@@ -154,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             ("numpy_postprocess", "predict_proba + postprocess(k=3)", numpy_postprocess(hs)),
         ]
         for key, label, fn in cases:
-            repeats = REPEATS.get(key, REPEATS["numpy"])[0 if single else 1]
+            repeats = repeats_of.get(key, repeats_of["numpy"])[0 if single else 1]
             if not single and key.startswith("numpy"):
                 repeats //= 5
-            result = timed(fn, repeats)
+            result = timed(fn, repeats, warmup)
             rows.append({"method": key, "label": label, "heads": count, **result})
             print(f"{label:<34} {count:>2} heads: median {result['median_us']:>10.1f} us")
     for row in rows:
@@ -168,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "smoke": args.smoke,
+        "many": many,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -184,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "heads.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "heads.md").write_text(markdown(result) + "\n")
-    print(markdown(result))
+    text = smoke.mark(markdown(result), args.smoke)
+    (args.out / "heads.md").write_text(text + "\n")
+    print(text)
     return 0
 
 
@@ -195,10 +228,11 @@ def markdown(result: dict) -> str:
         for h in result["heads"]
     )
     machine = result["machine"]
+    many = result.get("many", MANY)
     lines = [
         f"Scoring one 384-d embedding ({result['created_at']}, {machine['cpus']} CPUs, "
         f"TensorFlow {machine['tensorflow']}, Keras {machine['keras']}, NumPy {machine['numpy']}).",
-        f"Heads: {heads}; 21 heads = those cycled to 21 separately loaded copies.",
+        f"Heads: {heads}; {many} heads = those cycled to {many} separately loaded copies.",
         "",
         "| method | heads | median per call (us) | p90 (us) | vs NumPy |",
         "|---|---:|---:|---:|---:|",
@@ -214,10 +248,10 @@ def markdown(result: dict) -> str:
         f"Loading one head: keras.saving.load_model {load['keras'] * 1000:,.0f} ms, "
         f"dc.predict.load_head {load['numpy'] * 1000:,.1f} ms.",
         "",
-        "Per head, 21 heads cost more than one: one mlp-1x512 head's weights (about 1 MB) stay "
-        "in a core's L2 cache between calls, 21 heads' do not, so each product then streams its "
-        "weights from L3 or memory. Keras' per-call overhead (about 1 ms for a call, tens of ms "
-        "for predict, which builds a data pipeline each time) dwarfs both.",
+        f"Per head, {many} heads cost more than one: one mlp-1x512 head's weights (about 1 MB) "
+        f"stay in a core's L2 cache between calls, {many} heads' do not, so each product then "
+        "streams its weights from L3 or memory. Keras' per-call overhead (about 1 ms for a call, "
+        "tens of ms for predict, which builds a data pipeline each time) dwarfs both.",
     ]
     return "\n".join(lines)
 

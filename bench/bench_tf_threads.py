@@ -7,7 +7,10 @@ at start-up) and prints phrases/s at batch 8, 16 and 32 for:
   - N callers side by side, single-threaded ops, N ops at once: what the embedder does with
     DC_ENCODER_WORKERS=N, DC_TF_INTRA_OP_THREADS=1, DC_TF_INTER_OP_THREADS=N.
 
-Usage: python bench/bench_tf_threads.py [--out bench/results]
+Smoke mode (`--smoke`, what `make bench-smoke` runs): only the 2-caller layout, at batch 8, on
+64 phrases per caller; results in var/bench-smoke/results/.
+
+Usage: python bench/bench_tf_threads.py [--out bench/results] [--smoke]
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import smoke  # noqa: E402
+
 BATCHES = (8, 16, 32)
 PHRASES_PER_CALLER = 1536
 CONFIGS = (  # (intra-op threads, inter-op threads, callers); 0 = TensorFlow's default
@@ -29,11 +36,21 @@ CONFIGS = (  # (intra-op threads, inter-op threads, callers); 0 = TensorFlow's d
     (1, 1, 1),
     (1, 2, 2),
 )
+# --smoke: the layout with threads side by side (the one the service uses), one batch size.
+SMOKE_BATCHES = (8,)
+SMOKE_PHRASES_PER_CALLER = 64
+SMOKE_CONFIGS = CONFIGS[-1:]
 
 
-def measure(intra: int, inter: int, callers: int) -> dict[str, float]:
-    """In this process: phrases/s per batch size with `callers` threads calling the encoder."""
-    sys.path.insert(0, str(REPO))
+def measure(
+    intra: int,
+    inter: int,
+    callers: int,
+    batches: tuple[int, ...] = BATCHES,
+    per_caller: int = PHRASES_PER_CALLER,
+) -> dict[str, float]:
+    """In this process: phrases/s per batch size with `callers` threads calling the encoder,
+    each encoding its own `per_caller` phrases."""
     from bench.bench_embedder import MAX_WORDS, load_phrases
     from dc.config import Settings
     from dc.nlp.encoder import configure_tensorflow, load_encoder
@@ -43,10 +60,10 @@ def measure(intra: int, inter: int, callers: int) -> dict[str, float]:
     encoder.warmup()
     phrases = load_phrases(MAX_WORDS)
     rates = {}
-    for batch in BATCHES:
+    for batch in batches:
 
         def call(k: int, batch: int = batch) -> None:
-            mine = phrases[k * PHRASES_PER_CALLER : (k + 1) * PHRASES_PER_CALLER]
+            mine = phrases[k * per_caller : (k + 1) * per_caller]
             for start in range(0, len(mine), batch):
                 encoder.encode(mine[start : start + batch])
 
@@ -56,7 +73,7 @@ def measure(intra: int, inter: int, callers: int) -> dict[str, float]:
             thread.start()
         for thread in threads:
             thread.join()
-        rates[str(batch)] = callers * PHRASES_PER_CALLER / (time.perf_counter() - started)
+        rates[str(batch)] = callers * per_caller / (time.perf_counter() - started)
     return rates
 
 
@@ -64,17 +81,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write the results (default bench/results; var/bench-smoke/results with "
+        "--smoke)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a quick check that the benchmark works (see above)"
+    )
     parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    configs, batches, per_caller = CONFIGS, BATCHES, PHRASES_PER_CALLER
+    if args.smoke:
+        configs, batches, per_caller = SMOKE_CONFIGS, SMOKE_BATCHES, SMOKE_PHRASES_PER_CALLER
+        args.out = smoke.smoke_out(args.out)
+    args.out = args.out or REPO / "bench" / "results"
     if args.child:
-        print("RESULT " + json.dumps(measure(*args.child)))
+        print("RESULT " + json.dumps(measure(*args.child, batches, per_caller)))
         return
 
     rows = []
-    for intra, inter, callers in CONFIGS:
+    for intra, inter, callers in configs:
+        child = [sys.executable, __file__, "--child", str(intra), str(inter), str(callers)]
         output = subprocess.run(
-            [sys.executable, __file__, "--child", str(intra), str(inter), str(callers)],
+            child + (["--smoke"] if args.smoke else []),
             check=True,
             capture_output=True,
             text=True,
@@ -91,19 +122,20 @@ def main() -> None:
         )
     lines = [
         "| TF intra-op | TF inter-op | callers | "
-        + " | ".join(f"batch {b}" for b in BATCHES)
+        + " | ".join(f"batch {b}" for b in batches)
         + " |",
-        "|---:|---:|---:|" + "---:|" * len(BATCHES),
+        "|---:|---:|---:|" + "---:|" * len(batches),
     ]
     for row in rows:
-        cells = " | ".join(f"{row['phrases_per_s'][str(b)]:.0f}" for b in BATCHES)
+        cells = " | ".join(f"{row['phrases_per_s'][str(b)]:.0f}" for b in batches)
         intra = row["intra_op"] or "default"
         inter = row["inter_op"] or "default"
         lines.append(f"| {intra} | {inter} | {row['callers']} | {cells} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tf_threads.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (args.out / "tf_threads.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    markdown = smoke.mark("\n".join(lines) + "\n", args.smoke)
+    (args.out / "tf_threads.md").write_text(markdown)
+    print(markdown)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,20 @@ stopped; requests/s, p50, p99 and errors are recorded. Load:
 The machine is shared and noisy (2 cores, wrk on the same cores): compare configurations
 within one run. Results: bench/results/sizing.{json,md,png}.
 
+Smoke mode (`--smoke`, what `make bench-smoke` runs): one API and one embedder configuration
+(2x4, 1x8) of 1 s each, 8 wrk connections, a stream of 2000 requests, the embedder's point
+measured on the embedder the API points use (started 1x8), the tiny models of bench/smoke.py
+instead of the demo's, results in var/bench-smoke/results/; it fails on errors.
+
 Usage: python bench/sweep_sizing.py [--seconds 8] [--api 1x4,2x2,2x4,2x8,3x4]
-                                    [--embedder 1x8,1x32,2x16] [--out bench/results]
+                                    [--embedder 1x8,1x32,2x16] [--out bench/results] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,6 +36,7 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import smoke  # noqa: E402
 from bench.bench_api import (  # noqa: E402
     REGION,
     Server,
@@ -47,6 +54,7 @@ from bench.bench_embedder import ensure_wrk, load_phrases  # noqa: E402
 from dc.config import Settings  # noqa: E402
 
 MODEL = "banking77"
+STREAM_REQUESTS = 20_000  # scripts/make_requests.py's default, what `make loadtest` uses
 
 
 def parse_grid(text: str) -> list[tuple[int, int]]:
@@ -67,8 +75,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--embedder", default="1x8,1x32,2x16", help="embedder grid to try")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    return parser.parse_args()
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write the results (default bench/results; var/bench-smoke/results with "
+        "--smoke)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a quick check that the sweep works (see above); overrides --seconds, --api, "
+        "--embedder and --connections",
+    )
+    args = parser.parse_args()
+    args.requests = STREAM_REQUESTS
+    if args.smoke:
+        args.seconds, args.api, args.embedder, args.requests = 1.0, "2x4", "1x8", 2000
+        args.connections = 8  # no more than request threads: none is shed (429)
+        args.out = smoke.smoke_out(args.out)
+    args.out = args.out or REPO / "bench" / "results"
+    return args
 
 
 def point(server: Server, wrk: str, bodies: Path, path: str, args, workers: int) -> dict:
@@ -77,6 +103,23 @@ def point(server: Server, wrk: str, bodies: Path, path: str, args, workers: int)
     )
     figures = run_wrk(wrk, server.port, bodies, path, wrk_args, workers=workers)
     return {k: figures[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "errors", "requests")}
+
+
+def embedder_env(grid_point: tuple[int, int] | None) -> dict[str, str]:
+    """The DC_* settings of one embedder configuration (workers, threads); {} for defaults."""
+    if grid_point is None:
+        return {}
+    workers, threads = grid_point
+    return {"DC_EMBEDDER_WORKERS": str(workers), "DC_EMBEDDER_THREADS": str(threads)}
+
+
+def embedder_point(server: Server, wrk: str, misses: Path, args, workers: int, threads: int):
+    """One embedder point (every phrase a miss) on `server`, running `workers` x `threads`."""
+    row = {"workers": workers, "threads": threads}
+    row.update(point(server, wrk, misses, "/embed", args, workers))
+    print(f"embedder {workers}x{threads}: {row['requests_per_s']:.0f} req/s, "
+          f"p99 {row['p99_ms']:.1f} ms, errors {row['errors']}")  # fmt: skip
+    return row
 
 
 def to_markdown(report: dict) -> str:
@@ -135,6 +178,7 @@ def main() -> int:
     gunicorn = [sys.executable, "-m", "gunicorn"]
     report: dict = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "smoke": args.smoke,
         "machine": machine_info(),
         "seconds": args.seconds,
         "connections": args.connections,
@@ -145,7 +189,8 @@ def main() -> int:
     try:
         # The stream `make loadtest` uses (scripts/make_requests.py defaults), banking77's part.
         subprocess.run(
-            [sys.executable, "scripts/make_requests.py", "--out-dir", str(workdir)],
+            [sys.executable, "scripts/make_requests.py", "--out-dir", str(workdir),
+             "--requests", str(args.requests)],
             cwd=REPO, check=True, capture_output=True,
         )  # fmt: skip
         stream = [json.loads(line) for line in (workdir / "requests.jsonl").open()]
@@ -156,14 +201,19 @@ def main() -> int:
         misses = workdir / "misses.jsonl"
         misses.write_text("".join(json.dumps({"texts": [p]}) + "\n" for p in load_phrases(12)))
 
+        registry_file = smoke.ensure_models() if args.smoke else None
         database = open_database(workdir)
-        prepare_registry(database, workdir, settings)
+        prepare_registry(database, workdir, settings, registry_file)
 
+        embedder_grid = parse_grid(args.embedder)
+        # --smoke: the embedder's one point is measured on the embedder the API points use,
+        # started with that configuration (one start less); a real sweep starts each fresh.
+        shared = embedder_grid.pop(0) if args.smoke else None
         embedder_port = free_port()
         embedder = start_server(
             "embedder",
             [*gunicorn, "-c", "embedder/gunicorn.conf.py"],
-            {**server_env(), "DC_EMBEDDER_PORT": str(embedder_port)},
+            {**server_env(), "DC_EMBEDDER_PORT": str(embedder_port), **embedder_env(shared)},
             embedder_port,
             workdir,
         )
@@ -197,15 +247,16 @@ def main() -> int:
             report["api"].append(row)
             api.stop()
             servers.remove(api)
+        if shared:
+            report["embedder"].append(embedder_point(embedder, wrk, misses, args, *shared))
         embedder.stop()
         servers.remove(embedder)
 
-        for workers, threads in parse_grid(args.embedder):
+        for workers, threads in embedder_grid:
             port = free_port()
             env = {
                 **server_env(),
-                "DC_EMBEDDER_WORKERS": str(workers),
-                "DC_EMBEDDER_THREADS": str(threads),
+                **embedder_env((workers, threads)),
                 "DC_EMBEDDER_PORT": str(port),
             }
             server = start_server(
@@ -217,11 +268,7 @@ def main() -> int:
             )
             servers.append(server)
             wait_until(server, "/ready", lambda status, _: status == 200)
-            row = {"workers": workers, "threads": threads}
-            row.update(point(server, wrk, misses, "/embed", args, workers))
-            print(f"embedder {workers}x{threads}: {row['requests_per_s']:.0f} req/s, "
-                  f"p99 {row['p99_ms']:.1f} ms, errors {row['errors']}")  # fmt: skip
-            report["embedder"].append(row)
+            report["embedder"].append(embedder_point(server, wrk, misses, args, workers, threads))
             server.stop()
             servers.remove(server)
     finally:
@@ -229,15 +276,22 @@ def main() -> int:
             server.stop()
         if database is not None and database.drop is not None:
             database.drop()
+    # Only after a complete run: a failed one keeps the servers' logs (make test runs this often).
+    shutil.rmtree(workdir, ignore_errors=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sizing.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = to_markdown(report)
+    markdown = smoke.mark(to_markdown(report), args.smoke)
     (args.out / "sizing.md").write_text(markdown)
     plot(report, args.out / "sizing.png")
     print()
     print(markdown)
     print(f"saved {args.out}/sizing.json, sizing.md and sizing.png")
+    if args.smoke:
+        smoke.require_no_errors(
+            {f"{part} {r['workers']}x{r['threads']}": r for part in ("api", "embedder")
+             for r in report[part]}
+        )  # fmt: skip
     return 0
 
 
