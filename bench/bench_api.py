@@ -854,6 +854,27 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def tear_down(servers: list[Server], database: Database | None, workdir: Path, keep: bool) -> None:
+    """Stop `servers` (last started first: the API before the embedder, so it can flush its
+    log), drop the scratch database, and remove `workdir` unless `keep` (a failed run's logs
+    are kept and named). A second Ctrl-C cannot interrupt it."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for server in reversed(servers):
+            server.stop()
+        if database is not None and database.drop is not None:
+            try:
+                database.drop()
+            except Exception as exc:  # report, but let the run's own outcome stand
+                print(f"could not drop the scratch database: {exc}")
+        if keep:
+            print(f"servers' logs and work files kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _interrupt(signum, frame) -> None:
     # SIGTERM and SIGHUP behave like Ctrl-C: unwind through the finally that stops the servers.
     raise KeyboardInterrupt
@@ -1014,21 +1035,7 @@ def main() -> int:
     finally:
         # The API's and the echo app's (the embedder's TensorFlow start-up noise is not news).
         server_warnings = {s.name: s.warnings() for s in servers if s.name != "embedder"}
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not
-        try:  # interrupt the clean-up
-            for server in reversed(servers):  # the API first: it flushes its log
-                server.stop()
-            if database is not None and database.drop is not None:
-                try:
-                    database.drop()
-                except Exception as exc:  # report, but let the run's own outcome stand
-                    print(f"could not drop the scratch database: {exc}")
-            if failed or args.keep_logs:
-                print(f"servers' logs and work files kept in {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        tear_down(servers, database, workdir, keep=failed or args.keep_logs)
 
     echo_rounds = [r for r in rounds if r["server"] == "echo"]
     api_rounds = [r for r in rounds if r["server"] == "api"]

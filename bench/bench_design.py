@@ -44,8 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -77,6 +75,7 @@ from bench.bench_api import (  # noqa: E402
     run_wrk,
     server_env,
     start_server,
+    tear_down,
     wait_until,
     warm_api,
 )
@@ -520,21 +519,7 @@ def main() -> int:
         servers.remove(naive)
         failed = False
     finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            for server in reversed(servers):
-                server.stop()
-            if database is not None and database.drop is not None:
-                try:
-                    database.drop()
-                except Exception as exc:
-                    print(f"could not drop the scratch database: {exc}")
-            if failed or args.keep_logs:
-                print(f"servers' logs and work files kept in {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        tear_down(servers, database, workdir, keep=failed or args.keep_logs)
 
     stack_rows = stack_procs["api"] + stack_procs["embedder"]
     stack_rss = sum(r["rss_kb"] for r in stack_rows)

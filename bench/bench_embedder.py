@@ -333,20 +333,12 @@ def main() -> None:
         "--seconds", type=float, default=5.0, help="measurement time per point (default 5)"
     )
     parser.add_argument(
-        "--out",
-        type=Path,
-        help="where to write the results (default bench/results; var/bench-smoke/results with "
-        "--smoke)",
-    )
-    parser.add_argument(
         "--port",
         type=int,
         help="port for the service under test (default 18501; a free one with --smoke)",
     )
-    parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="a quick check that the benchmark works (see above); overrides --seconds",
+    smoke.add_arguments(
+        parser, "a quick check that the benchmark works (see above); overrides --seconds"
     )
     args = parser.parse_args()
     raw_batches, concurrency = RAW_BATCHES, CONCURRENCY

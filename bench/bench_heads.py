@@ -121,15 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         help="artifacts root to take the heads from (default var/artifacts; the smoke "
         "models' with --smoke)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        help="where to write the results (default bench/results; var/bench-smoke/results with "
-        "--smoke)",
-    )
-    parser.add_argument(
-        "--smoke", action="store_true", help="a quick check that the benchmark works (see above)"
-    )
+    smoke.add_arguments(parser)
     args = parser.parse_args(argv)
     many, repeats_of, warmup = MANY, REPEATS, WARMUP
     if args.smoke:

@@ -52,8 +52,6 @@ import json
 import multiprocessing
 import os
 import platform
-import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -77,6 +75,7 @@ from bench.bench_api import (  # noqa: E402
     prepare_registry,
     server_env,
     start_server,
+    tear_down,
     wait_until,
 )
 from bench.bench_embedder import load_phrases  # noqa: E402
@@ -637,21 +636,7 @@ def main() -> int:
         failed = False
     finally:
         server_warnings = {s.name: s.warnings() for s in servers if s.name != "embedder"}
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            for server in reversed(servers):
-                server.stop()
-            if database is not None and database.drop is not None:
-                try:
-                    database.drop()
-                except Exception as exc:
-                    print(f"could not drop the scratch database: {exc}")
-            if failed or args.keep_logs:
-                print(f"servers' logs kept in {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        tear_down(servers, database, workdir, keep=failed or args.keep_logs)
 
     # The servers ran with every DC_* setting at its default (server_env drops this
     # environment's), whatever this process's environment says.

@@ -81,15 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        help="where to write the results (default bench/results; var/bench-smoke/results with "
-        "--smoke)",
-    )
-    parser.add_argument(
-        "--smoke", action="store_true", help="a quick check that the benchmark works (see above)"
-    )
+    smoke.add_arguments(parser)
     parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     configs, batches, per_caller = CONFIGS, BATCHES, PHRASES_PER_CALLER

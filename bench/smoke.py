@@ -102,6 +102,22 @@ EXPECTED_RESULTS = (
 NOTE = "SMOKE RUN: a few seconds on tiny inputs, to check that the benchmark works; not figures."
 
 
+def add_arguments(parser: argparse.ArgumentParser, smoke_help: str | None = None) -> None:
+    """The options every benchmark has: `--out` (default bench/results, or var/bench-smoke/
+    results with --smoke; see `smoke_out`) and `--smoke`."""
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write the results (default bench/results; var/bench-smoke/results with "
+        "--smoke)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help=smoke_help or "a quick check that the benchmark works (see above)",
+    )
+
+
 def mark(markdown: str, smoke: bool) -> str:
     """`markdown` with NOTE in front when it comes from a smoke run (never README material)."""
     return f"{NOTE}\n\n{markdown}" if smoke else markdown

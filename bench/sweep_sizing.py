@@ -75,17 +75,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--embedder", default="1x8,1x32,2x16", help="embedder grid to try")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        help="where to write the results (default bench/results; var/bench-smoke/results with "
-        "--smoke)",
-    )
-    parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="a quick check that the sweep works (see above); overrides --seconds, --api, "
-        "--embedder and --connections",
+    smoke.add_arguments(
+        parser,
+        "a quick check that the sweep works (see above); overrides --seconds, --api, --embedder "
+        "and --connections",
     )
     args = parser.parse_args()
     args.requests = STREAM_REQUESTS
