@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import fcntl
 import json
 import os
@@ -173,26 +172,13 @@ def models_ready(settings: Settings | None = None) -> bool:
     return folders_exist and (fingerprint is None or ready["fingerprint"] == fingerprint)
 
 
-def _write_subset(source: Path, dest: Path, labels: tuple[str, ...], per_label: int) -> Path:
-    """The first `per_label` rows of each of `labels` in a dataset CSV, as a new CSV."""
-    counts = dict.fromkeys(labels, 0)
-    with open(source, newline="", encoding="utf-8") as src, open(dest, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["text", "label"])
-        for row in csv.DictReader(src):
-            if counts.get(row["label"], per_label) < per_label:
-                counts[row["label"]] += 1
-                writer.writerow([row["text"], row["label"]])
-    return dest
-
-
 def train_models() -> dict:
     """Train and promote the tiny banking77 and clinc150 into MODELS_DIR (replacing it).
 
     Returns:
         What READY records: the encoder fingerprint and, per model, version and folder.
     """
-    from dc.data import load_csv
+    from dc.data import load_csv, write_subset
     from dc.model_config import ModelConfig, load_config
     from dc.nlp.embeddings import LocalEmbedder
     from dc.pipeline import train_model
@@ -209,7 +195,7 @@ def train_models() -> dict:
     try:
         for model, (labels, files) in SUBSETS.items():
             for file, (split, per_label) in files.items():
-                subset = _write_subset(
+                subset = write_subset(
                     REPO / "data" / model / file,
                     MODELS_DIR / "data" / f"{model}-{file}",
                     labels,

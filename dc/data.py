@@ -11,8 +11,10 @@ column (`timestamp` unless another is named), ISO 8601, without an offset meanin
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -187,3 +189,21 @@ def _refuse(path: str | Path, bad: pd.Series, problem: str) -> None:
 def _check_name(kind: str, value: str, max_length: int) -> None:
     if not value or not value.strip() or len(value) > max_length:
         raise ValueError(f"{kind} must be 1 to {max_length} characters, got {value!r}")
+
+
+def write_subset(source: Path, dest: Path, labels: Sequence[str], per_label: int) -> Path:
+    """Write the first `per_label` rows of each of `labels` in the `text,label` CSV `source`
+    to a new CSV `dest` (a small real dataset for smoke runs and tests).
+
+    Returns:
+        `dest`.
+    """
+    counts = dict.fromkeys(labels, 0)
+    with open(source, newline="", encoding="utf-8") as src, open(dest, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["text", "label"])
+        for row in csv.DictReader(src):
+            if counts.get(row["label"], per_label) < per_label:
+                counts[row["label"]] += 1
+                writer.writerow([row["text"], row["label"]])
+    return dest

@@ -31,7 +31,6 @@ SQLite file of their own; the tests' databases get the versions with `register_v
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import shutil
 import socket
@@ -44,6 +43,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from dc.data import write_subset as write_labels
 from tests.conftest import REPO
 
 TINY_NAME = "tiny_banking"
@@ -106,15 +106,7 @@ def tiny_config(*, seed: int, epochs: int, serving: dict | None = None) -> dict[
 
 def write_subset(source: Path, dest: Path, per_class: int, intents: Sequence[str] = INTENTS):
     """The first `per_class` rows of each of `intents` from a BANKING77 CSV file."""
-    counts = dict.fromkeys(intents, 0)
-    with open(source, newline="", encoding="utf-8") as src, open(dest, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["text", "label"])
-        for row in csv.DictReader(src):
-            if counts.get(row["label"], per_class) < per_class:
-                counts[row["label"]] += 1
-                writer.writerow([row["text"], row["label"]])
-    return dest
+    return write_labels(source, dest, intents, per_class)
 
 
 @pytest.fixture(scope="session")
