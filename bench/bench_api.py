@@ -460,7 +460,9 @@ def prepare_registry(
                     tolerance=settings.promotion_tolerance,
                     force=True,
                 )
-            copied.append({"model": name, "version": row.version, "artifact": row.artifact_uri})
+            # Reported relative to the checkout: a results file names no machine's folders.
+            artifact = row.artifact_uri.replace(f"file://{REPO}/", "")
+            copied.append({"model": name, "version": row.version, "artifact": artifact})
     finally:
         source_engine.dispose()
         target_engine.dispose()
