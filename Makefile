@@ -37,12 +37,14 @@ run-embedder: ## Serve the embedder under gunicorn on DC_EMBEDDER_HOST:DC_EMBEDD
 loadtest: setup ## JMeter load test of the running API (make run first); writes var/loadtest/summary.{json,md}
 	bash scripts/loadtest.sh
 
-test: setup ## Set up, run the whole test suite, then every benchmark's smoke run (what CI runs)
-	$(PY) -m pytest
+test: setup ## Set up, check the layer contracts, run every test (the fast tier first), then every benchmark's smoke run (what CI runs)
+	$(VENV)/bin/lint-imports --no-cache
+	$(MAKE) --no-print-directory test-fast
+	$(PY) -m pytest -m "slow or db"
 	$(MAKE) --no-print-directory bench-smoke
 
-test-fast: ## Run the tests that start no server
-	$(PY) -m pytest -m "not slow"
+test-fast: ## The tests that load no TensorFlow and start no server or database (under a minute)
+	$(PY) -m pytest -m "not slow and not db" --forbid-tensorflow
 
 # What `make bench` runs, in order (bench/<name>.py). A missed target (exit status 1) does not
 # stop the others: each writes its results, and the target fails at the end.
@@ -59,7 +61,8 @@ bench: setup demo ## Encoder, embedder, heads, API, design a-e, sizing, overload
 bench-smoke: setup ## Every benchmark's --smoke run, two at a time (~2 min); writes var/bench-smoke/
 	$(PY) bench/smoke.py --run
 
-lint: ## ruff check and format check
+lint: ## ruff check and format check, and the layer contracts (import-linter)
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

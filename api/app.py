@@ -13,24 +13,25 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 
 import orjson
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
 
-from api.errors import client_request_id, register_error_handlers, request_id
-from api.inference import EmbedderHolder, Services
 from api.metrics import ApiMetrics
 from api.router import register_routes
+from api.services import ApiServices
 from dc.config import Settings, get_settings
 from dc.nlp.embeddings import Embedder
 from dc.nlp.validation import max_body_bytes
 from dc.postprocessing import PredictionCache
-from dc.serving import ModelStore
+from dc.serve.services import embedder_fingerprint, embedder_loader
+from dc.serve.store import ModelStore
 from dc.utilities.logging import configure_logging
 from persistence.db import make_engine, session_factory
 from persistence.inference_log import InferenceLog
+from web.errors import register_error_handlers
+from web.hooks import register_request_hooks
 
 SERVICES = "dc.services"
 
@@ -38,7 +39,7 @@ SERVICES = "dc.services"
 class OrjsonProvider(DefaultJSONProvider):
     """Flask's JSON provider with orjson doing the encoding: a prediction's answer (top-k
     included) serialises in a few microseconds instead of tens. Request bodies are still
-    decoded by the standard library (`api.request_handlers.json_body`), which, unlike orjson,
+    decoded by the standard library (`api.request_validation.json_body`), which, unlike orjson,
     accepts unpaired surrogates so that they get their own clear 422."""
 
     def dumps(self, obj, **kwargs) -> str:
@@ -76,12 +77,13 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
         else {"connect_timeout": 3, "options": "-c statement_timeout=5000"}
     )
     database = make_engine(url, connect_args=connect_args)
-    holder = EmbedderHolder(settings, embedder)
+    loader = embedder_loader(settings, embedder)
     metrics = ApiMetrics()
-    services = Services(
+    store = ModelStore(settings, session_factory(database), lambda: embedder_fingerprint(loader))
+    services = ApiServices(
         settings=settings,
-        embedder=holder,
-        store=ModelStore(settings, session_factory(database), holder.fingerprint),
+        embedder=loader,
+        store=store,
         inference_log=InferenceLog(
             url,
             settings.spool_dir,
@@ -98,27 +100,16 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
     register_error_handlers(app)
     register_routes(app)
 
-    # Which process answered: tells workers (and ECS tasks) apart when debugging, and lets the
-    # tests see that a change reached every worker.
-    served_by = f"{socket.gethostname()}:{os.getpid()}"
-
-    @app.before_request
-    def _start_clock() -> None:
-        g.started = time.perf_counter()
-
-    @app.after_request
-    def _count(response: Response) -> Response:
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    def count(endpoint: str, response: Response) -> None:
         model = (request.view_args or {}).get("model", "")
-        if model and not services.store.serves(model):
+        if model and not store.serves(model):
             model = "unknown"  # a label per made-up name would grow the series without bound
         metrics.count_request(endpoint, model, str(response.status_code))
-        response.headers["X-Request-ID"] = request_id()
-        client = client_request_id()
-        if client is not None:
-            response.headers["X-Client-Request-ID"] = client
-        response.headers["X-Served-By"] = served_by
-        return response
+
+    # X-Served-By, which process answered: tells workers (and ECS tasks) apart when debugging,
+    # and lets the tests see that a change reached every worker.
+    served_by = f"{socket.gethostname()}:{os.getpid()}"
+    register_request_hooks(app, count, {"X-Served-By": served_by})
 
     services.start()
     return app

@@ -1,39 +1,30 @@
 """Prometheus metrics of the prediction API, correct under several gunicorn workers.
 
 Under gunicorn the API runs as several processes and a scrape of `/metrics` lands on one of
-them, so the metrics use prometheus_client's multiprocess mode: gunicorn's config sets
-`PROMETHEUS_MULTIPROC_DIR` before any worker starts, every process writes its values to files
-there, and `/metrics` aggregates all of them. Without that variable (one process, the tests'
-in-process app) the same metrics live in a registry owned by the app.
+them, so the metrics use prometheus_client's multiprocess mode (`web.prometheus`): gunicorn's
+config sets `PROMETHEUS_MULTIPROC_DIR` before any worker starts, every process writes its values
+to files there, and `/metrics` aggregates all of them. Without that variable (one process, the
+tests' in-process app) the same metrics live in a registry owned by the app.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-)  # fmt: skip
+from web.prometheus import LATENCY_BUCKETS, app_registry, exposition
+
 LOG_EVENTS = ("enqueued", "written", "spooled", "replayed", "dropped", "conflicts")
 STAGES = ("parse", "embed", "score", "log", "total")
-
-
-def multiprocess_dir() -> str | None:
-    """The folder of multiprocess metric files, when multiprocess mode is on."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 class ApiMetrics:
     """The API's metrics; create one per app and serve `render()` at /metrics."""
 
     def __init__(self) -> None:
-        self.multiprocess = multiprocess_dir() is not None
-        # In multiprocess mode the values live in files and are collected from there; registering
-        # the objects in a registry too would count them twice.
-        self._own = None if self.multiprocess else CollectorRegistry(auto_describe=True)
+        self._own = app_registry()  # None in multiprocess mode
+        self.multiprocess = self._own is None
         registry = self._own
         self.requests = Counter(
             "api_requests",
@@ -125,10 +116,4 @@ class ApiMetrics:
 
     def render(self) -> bytes:
         """The exposition text of every live worker (multiprocess) or of this app."""
-        if self.multiprocess:
-            from prometheus_client import multiprocess
-
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry)
-        return generate_latest(self._own)
+        return exposition(self._own)

@@ -12,8 +12,8 @@ from typing import Any
 
 from flask import Flask
 
-from api.errors import STATUS
 from dc.config import Settings
+from web.errors import STATUS
 
 ERROR_CODES = sorted({kind.code for kind in STATUS} | {"internal_error"})
 

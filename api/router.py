@@ -1,7 +1,7 @@
 """The routes, in blueprints by audience: predictions, models, operations, admin.
 
-Thin on purpose: parse (`api.request_handlers`), call the core (`api.inference`, the model store),
-serialise. A route's one-line docstring is its summary in `/openapi.json`.
+Thin on purpose: parse (`api.request_validation`), call the core (`dc.serve.pipeline.predict`,
+the model store), serialise. A route's one-line docstring is its summary in `/openapi.json`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import time
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from api.errors import client_request_id, request_id
-from api.inference import PredictionResult, Services, predict
 from api.openapi import build_spec
-from api.request_handlers import check_admin_token, json_body, parse_predict, parse_promote
+from api.request_validation import check_admin_token, json_body, parse_predict, parse_promote
+from api.services import ApiServices
 from dc.errors import NotReady
+from dc.serve.pipeline import PredictionResult, predict
+from web.request_ids import client_request_id, request_id
 
 predictions = Blueprint("predictions", __name__)
 models = Blueprint("models", __name__)
@@ -23,7 +24,7 @@ operations = Blueprint("operations", __name__)
 admin = Blueprint("admin", __name__, url_prefix="/admin")
 
 
-def services() -> Services:
+def services() -> ApiServices:
     return current_app.extensions["dc.services"]
 
 
@@ -36,7 +37,7 @@ def predict_route(model: str):
     svc = services()
     parsed = parse_predict(json_body(request), svc.settings)
     rid, client = request_id(), client_request_id()
-    result = predict(svc, model, parsed, rid, g.started, client_request_id=client)
+    result = predict(svc, model, parsed.texts, parsed.k, rid, g.started, client_request_id=client)
     done = time.perf_counter()
     timings = {**result.timings, "total": done - g.started}
     _observe(svc, result, timings)
@@ -65,7 +66,7 @@ def predict_route(model: str):
     return response
 
 
-def _observe(svc: Services, result: PredictionResult, timings: dict[str, float]) -> None:
+def _observe(svc: ApiServices, result: PredictionResult, timings: dict[str, float]) -> None:
     metrics = svc.metrics
     for stage, seconds in timings.items():
         metrics.stage[stage].observe(seconds)
@@ -86,7 +87,7 @@ def list_models():
     svc = services()
     return jsonify(
         region=svc.settings.serving_region,
-        embedder_fingerprint=svc.embedder.fingerprint(),
+        embedder_fingerprint=svc.embedder_fingerprint(),
         models=svc.store.describe(),
     )
 
@@ -119,7 +120,7 @@ def ready():
         )
     return jsonify(
         status="ready",
-        embedder_fingerprint=svc.embedder.fingerprint(),
+        embedder_fingerprint=svc.embedder_fingerprint(),
         models=svc.store.names(),
     )
 
@@ -130,7 +131,7 @@ def prometheus_metrics():
     svc = services()
     svc.metrics.log_queue_depth.set(svc.inference_log.stats().queue_depth)
     svc.metrics.models_served.set(len(svc.store.names()))
-    cache = getattr(svc.embedder.embedder, "cache", None)
+    cache = getattr(svc.embedder.value, "cache", None)
     if cache is not None:
         svc.metrics.cache_size.set(cache.stats().size)
     return Response(svc.metrics.render(), content_type=CONTENT_TYPE_LATEST)

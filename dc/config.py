@@ -17,8 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 VAR_DIR = REPO_ROOT / "var"
 
 
-class Settings(BaseSettings):
-    """All configuration, with defaults that run the whole product on one machine."""
+class _EmbeddingSettings(BaseSettings):
+    """The first part of `Settings`: logging, the encoder, the embedding engine and the embedder
+    service (a base class only so that neither class is one very long list)."""
 
     model_config = SettingsConfigDict(env_prefix="DC_", extra="ignore", frozen=True)
 
@@ -98,6 +99,10 @@ class Settings(BaseSettings):
     embedder_timeout_s: int = Field(
         120, ge=1, description="gunicorn worker timeout (covers TensorFlow start-up too)."
     )
+
+
+class Settings(_EmbeddingSettings):
+    """All configuration, with defaults that run the whole product on one machine."""
 
     # --- both web services: the gunicorn worker (web/worker.py) ------------------------------
     request_read_timeout_s: float = Field(
@@ -235,7 +240,7 @@ class Settings(BaseSettings):
         "no default; empty disables them (403).",
     )
 
-    # --- the inference log (persistence/inference_log.py) ---------------------------------------
+    # --- the inference log (persistence/inference_log/) ---------------------------------------
     log_queue_size: int = Field(
         10_000,
         ge=1,

@@ -67,9 +67,10 @@ def train_model(
         InvalidInput: no training rows in the history window.
         PromotionRefused: `promote` was asked, the rule refused and `force` was not given.
     """
+    from dc import promotion  # not `import promote`: that would shadow the argument
     from dc.backup import backup_version
     from dc.train import train_version
-    from persistence import registry  # not `import promote`: that would shadow the argument
+    from persistence import registry
     from persistence.db import session_factory
 
     name, region = config.model.name, config.model.region
@@ -120,7 +121,7 @@ def train_model(
     promoted = False
     if promote:
         with new_session() as session:
-            registry.promote(
+            promotion.promote(
                 session,
                 name,
                 region,

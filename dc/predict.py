@@ -9,7 +9,7 @@ embedder otherwise never needs. So `load_head` reads the Keras 3 archive itself 
 runs the layers as NumPy operations (`bench/bench_heads.py` measures the difference;
 `tests/test_predict.py` checks the probabilities against Keras' own within 1e-5).
 
-Only what `dc.models.build_head` makes is supported: a functional chain
+Only what `dc.keras_head.build_head` makes is supported: a functional chain
 `InputLayer -> [Dense(relu) -> Dropout] x n -> Dense(softmax)` (Dense with relu, softmax or
 linear activation, with or without bias; Dropout is the identity at inference). Anything else
 raises `UnsupportedHead` naming the layer, rather than scoring it wrongly.
@@ -194,7 +194,7 @@ def load_head(version_dir: str | Path, *, rule: ServingConfig | None = None) -> 
 
 
 def read_keras_layers(path: str | Path) -> tuple[DenseLayer, ...]:
-    """Read the dense layers of a Keras 3 `.keras` archive made by `dc.models.build_head`.
+    """Read the dense layers of a Keras 3 `.keras` archive made by `dc.keras_head.build_head`.
 
     Keras 3 stores layer weights under `layers/<snake_case class name>[_<n>]/vars/<i>`, numbered
     per class name in the order of `model.layers` (`keras.src.saving.saving_lib`); this repeats

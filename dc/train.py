@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from dc import artifacts
 from dc.config import Settings
 from dc.errors import EmbedderMismatch, Overloaded
-from dc.metrics import Evaluation, evaluate
+from dc.evaluation import Evaluation, evaluate
 from dc.model_config import ModelConfig
 from dc.nlp.embeddings import Embedder, EmbedResult
 from dc.plots import plot_confusion_matrix, plot_per_class_f1
@@ -151,7 +151,7 @@ class Trainer:
         import keras
         from sklearn.utils.class_weight import compute_class_weight
 
-        from dc.models import build_head
+        from dc.keras_head import build_head
 
         training = self.config.training
         model = build_head(self.config.head, x_train.shape[1], num_classes, training.seed)

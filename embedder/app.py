@@ -2,22 +2,21 @@
 
     gunicorn -c embedder/gunicorn.conf.py
 
-The model is loaded in a background thread of each worker, after gunicorn forks: `/health`
-answers at once, `/ready` and `/embed` answer 503 (with Retry-After) until the model is warm.
+The model is loaded in a background thread of each worker, after gunicorn forks
+(`dc.serve.loader.BackgroundLoader`): `/health` answers at once, `/ready` and `/embed` answer 503
+(with Retry-After) until the model is warm. Error envelope, request ids and the timing and
+counting hooks are the web kit's (`web/`), shared with the prediction API.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
+from collections.abc import Callable
 
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.errors import client_request_id, register_error_handlers, request_id
 from dc.config import Settings, get_settings
-from dc.errors import NotReady
 from dc.nlp.embeddings import (
     BINARY_MEDIA_TYPE,
     HEADER_CACHED,
@@ -28,52 +27,12 @@ from dc.nlp.embeddings import (
     vectors_to_bytes,
 )
 from dc.nlp.validation import max_body_bytes, validate_texts
+from dc.serve.loader import BackgroundLoader
 from dc.utilities.logging import configure_logging
 from embedder.metrics import EmbedderMetrics
 from web.body import JSON_MEDIA_TYPE, json_body
-
-log = logging.getLogger(__name__)
-
-
-class EngineHolder:
-    """The engine of one app: absent while loading, with the load error if loading failed."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.engine: LocalEmbedder | None = None
-        self.error: str | None = None
-        self.loaded_in_s: float | None = None
-
-    def load(self, on_batch) -> None:
-        started = time.perf_counter()
-        try:
-            engine = LocalEmbedder.from_settings(self.settings)
-            engine.add_batch_listener(on_batch)
-            self.engine = engine
-        except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.exception("loading the encoder from %s failed", self.settings.embedder_handle)
-            return
-        self.loaded_in_s = time.perf_counter() - started
-        log.info(
-            "encoder %s (%s) loaded and warmed in %.1f s",
-            self.engine.name,
-            self.engine.fingerprint,
-            self.loaded_in_s,
-        )
-
-    def require(self) -> LocalEmbedder:
-        if self.engine is None:
-            # The cause (often a path) is in the service log, not in the answer.
-            reason = (
-                "loading the model failed (see the service log)"
-                if self.error
-                else "the model is loading"
-            )
-            raise NotReady(
-                f"the embedder is not ready: {reason}", retry_after_s=self.settings.retry_after_s
-            )
-        return self.engine
+from web.errors import register_error_handlers
+from web.hooks import register_request_hooks
 
 
 def create_app(settings: Settings | None = None, engine: LocalEmbedder | None = None) -> Flask:
@@ -92,33 +51,24 @@ def create_app(settings: Settings | None = None, engine: LocalEmbedder | None = 
         settings.max_texts_per_request, settings.max_text_chars
     )
 
-    holder = EngineHolder(settings)
-    metrics = EmbedderMetrics(lambda: holder.engine)
+    def load_engine() -> LocalEmbedder:  # on the loader thread, once `metrics` exists
+        loaded = LocalEmbedder.from_settings(settings)
+        loaded.add_batch_listener(metrics.observe_batch)  # before the engine is visible
+        return loaded
+
+    holder = engine_loader(settings, load_engine, engine)
+    metrics = EmbedderMetrics(lambda: holder.value)
+    if engine is not None:
+        engine.add_batch_listener(metrics.observe_batch)
     app.extensions["dc.engine"] = holder
     app.extensions["dc.metrics"] = metrics
     register_error_handlers(app)
+    holder.start()
 
-    if engine is not None:
-        engine.add_batch_listener(metrics.observe_batch)
-        holder.engine = engine
-    else:
-        threading.Thread(
-            target=holder.load, args=(metrics.observe_batch,), name="embedder-loader", daemon=True
-        ).start()
-
-    @app.before_request
-    def _start_clock() -> None:
-        g.started = time.perf_counter()
-
-    @app.after_request
-    def _count(response: Response) -> Response:
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+    def count(endpoint: str, response: Response) -> None:
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        response.headers["X-Request-ID"] = request_id()
-        client = client_request_id()
-        if client is not None:
-            response.headers["X-Client-Request-ID"] = client
-        return response
+
+    register_request_hooks(app, count)
 
     @app.post("/embed")
     def embed():
@@ -195,3 +145,21 @@ def create_app(settings: Settings | None = None, engine: LocalEmbedder | None = 
         return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def engine_loader(
+    settings: Settings, load: Callable[[], LocalEmbedder], engine: LocalEmbedder | None = None
+) -> BackgroundLoader[LocalEmbedder]:
+    """The service's engine: `engine` if given (ready at once), else what `load` returns (the
+    model of `settings.embedder_handle`), loaded on `start()`."""
+    return BackgroundLoader(
+        load,
+        source=f"the encoder from {settings.embedder_handle}",
+        describe=lambda e: f"encoder {e.name} ({e.fingerprint}) loaded and warmed",
+        loading="the embedder is not ready: the model is loading",
+        # The cause (often a path) is in the service log, not in the answer.
+        failed="the embedder is not ready: loading the model failed (see the service log)",
+        retry_after_s=settings.retry_after_s,
+        thread_name="embedder-loader",
+        value=engine,
+    )

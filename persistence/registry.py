@@ -1,4 +1,4 @@
-"""The model registry: record trained versions, find the promoted one, promote with the rule.
+"""The model registry: record trained versions, find the promoted one, switch promotions.
 
 Transactions: every function takes a `Session` and runs as ONE transaction of its own
 (`with session.begin()`), committed when it returns and rolled back if it raises. Pass a
@@ -10,20 +10,23 @@ committing or joining the caller's work.)
 Versions are UTC timestamps (`next_version`); at most one version per name and region is
 "promoted" (a partial unique index guarantees it), older promoted ones become "archived".
 Serving workers poll `promoted_versions`; `rollback` and `request_reload` are the admin calls
-they pick up that way.
+they pick up that way. Whether a version may be promoted is the core's rule
+(`dc.promotion.promote`), decided inside the locked transaction of `promotion`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dc.errors import NotFound, PromotionRefused
-from dc.promotion import check_promotion
+from persistence.errors import RecordNotFound
 from persistence.models import ModelVersion, to_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -117,76 +120,52 @@ def list_versions(
         return list(session.scalars(query))
 
 
-def promote(
-    session: Session,
-    name: str,
-    region: str,
-    version: str,
-    *,
-    tolerance: float,
-    force: bool = False,
-) -> ModelVersion:
+@dataclass
+class Promotion:
+    """The rows of a promotion in progress (`promotion`): the version to promote and the one
+    promoted now (None when there is none, `candidate` itself when it is promoted already)."""
+
+    candidate: ModelVersion
+    current: ModelVersion | None
+
+
+@contextlib.contextmanager
+def promotion(session: Session, name: str, region: str, version: str) -> Iterator[Promotion]:
     """Promote `version` of `name`/`region`, archiving the promoted one, in one transaction.
 
-    The rule (`dc.promotion.check_promotion`): refused when the candidate's
-    ``metrics["weighted_f1"]`` is below the promoted version's by more than `tolerance`.
-    `force=True` promotes anyway (logged as a warning). Promoting the version that is promoted
-    already changes nothing. An archived version may be promoted again (a rollback).
-
-    The versions of `name`/`region` are locked (SELECT ... FOR UPDATE on PostgreSQL) while the
-    rule is checked, so two promotions of the same model run one after the other.
-
-    Args:
-        tolerance: the largest accepted drop in weighted F1 (settings: `promotion_tolerance`).
-        force: promote even when the rule refuses.
-
-    Returns:
-        The promoted version.
+    The versions of `name`/`region` are locked (SELECT ... FOR UPDATE on PostgreSQL) for the
+    whole block, so two promotions of the same model run one after the other. The block sees
+    both rows and decides: when it raises, nothing changes; when it returns, the switch is
+    written and committed. Promoting the version that is promoted already changes nothing. An
+    archived version may be promoted again (a rollback).
 
     Raises:
-        NotFound: no such version.
-        PromotionRefused: the rule refuses (the message names both F1 values and the tolerance).
+        RecordNotFound: no such version.
     """
     with session.begin():
         rows = _locked_versions(session, name, region)
         candidate = next((row for row in rows if row.version == version), None)
         if candidate is None:
-            raise NotFound(f"no version {version!r} of model {name!r} in region {region!r}")
+            raise RecordNotFound(f"no version {version!r} of model {name!r} in region {region!r}")
         current = next((row for row in rows if row.status == "promoted"), None)
+        yield Promotion(candidate, current)
         if current is candidate:
-            return candidate
+            return
         if current is not None:
-            try:
-                check_promotion(
-                    _weighted_f1(candidate), current.metrics.get("weighted_f1"), tolerance
-                )
-            except PromotionRefused as refusal:
-                if not force:
-                    raise PromotionRefused(
-                        f"{region}/{name} {version} not promoted over {current.version}: {refusal}"
-                    ) from None
-                log.warning("forced promotion of %s/%s %s: %s", region, name, version, refusal)
             current.status = "archived"
             # The partial unique index allows one promoted row at a time, and the unit of work
             # orders UPDATEs by primary key: write the archive first.
             session.flush()
         candidate.status = "promoted"
         candidate.promoted_at = utcnow()
-    log.info(
-        "promoted %s/%s %s (was %s)",
-        region,
-        name,
-        version,
-        current.version if current is not None else "none",
-    )
-    return candidate
-
-
-def _weighted_f1(row: ModelVersion) -> float:
-    value = (row.metrics or {}).get("weighted_f1")
-    if value is None:
-        raise PromotionRefused(f"version {row.version} has no weighted_f1 metric")
-    return float(value)
+    if current is not candidate:
+        log.info(
+            "promoted %s/%s %s (was %s)",
+            region,
+            name,
+            version,
+            current.version if current is not None else "none",
+        )
 
 
 def promoted_versions(session: Session, region: str | None = None) -> list[ModelVersion]:
@@ -240,14 +219,14 @@ def rollback(session: Session, name: str, region: str) -> ModelVersion:
         The version promoted again.
 
     Raises:
-        NotFound: no version of `name`/`region` was promoted before the current one.
+        RecordNotFound: no version of `name`/`region` was promoted before the current one.
     """
     with session.begin():
         rows = _locked_versions(session, name, region)
         current = next((row for row in rows if row.status == "promoted"), None)
         previous = _previous(session, name, region)
         if previous is None:
-            raise NotFound(
+            raise RecordNotFound(
                 f"model {name!r} in region {region!r} has no previously promoted version to "
                 "roll back to"
             )
@@ -281,7 +260,7 @@ def request_reload(
         The promoted version.
 
     Raises:
-        NotFound: `name`/`region` has no promoted version.
+        RecordNotFound: `name`/`region` has no promoted version.
     """
     with session.begin():
         row = session.scalars(
@@ -294,7 +273,7 @@ def request_reload(
             .with_for_update()
         ).one_or_none()
         if row is None:
-            raise NotFound(f"model {name!r} has no promoted version in region {region!r}")
+            raise RecordNotFound(f"model {name!r} has no promoted version in region {region!r}")
         row.reload_requested_at = to_utc(now or utcnow())
     log.info("reload of %s/%s %s requested", region, name, row.version)
     return row

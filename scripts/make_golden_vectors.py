@@ -1,6 +1,6 @@
 """DEV-ONLY: write reference vectors from sentence-transformers to tests/golden/minilm_golden.json.
 
-The product never imports this script or sentence-transformers; tests/test_golden_vectors.py
+The product never imports this script or sentence-transformers; tests/model/test_golden_vectors.py
 compares the exported TensorFlow model against the file written here.
 
 It needs its own virtualenv (torch is large and must stay out of the product's .venv):
@@ -101,7 +101,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
             "DEV-ONLY: write sentence-transformers reference vectors for all-MiniLM-L6-v2 "
-            "to the golden file used by tests/test_golden_vectors.py. Run it with its own "
+            "to the golden file used by tests/model/test_golden_vectors.py. Run it with its own "
             "virtualenv, .venv-golden (needs torch and sentence-transformers); never "
             "install those into the product's .venv."
         ),

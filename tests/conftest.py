@@ -2,6 +2,11 @@
 
 The encoder is the real exported SavedModel (built by `make setup`), loaded once per session.
 Servers are real gunicorn processes on free loopback ports, started by `run_gunicorn`.
+
+Tiers: what a test uses decides its markers (`pytest_collection_modifyitems` below), so they
+cannot be forgotten: a fixture that loads TensorFlow or starts a server marks it `slow`, one
+that needs PostgreSQL marks it `db`. `make test-fast` runs the rest (`-m "not slow and not db"`)
+with `--forbid-tensorflow`, which fails the session if TensorFlow was imported anyway.
 """
 
 from __future__ import annotations
@@ -23,6 +28,40 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Fixtures shared by several test modules but kept in their own files.
 pytest_plugins = ["tests.heads_support"]
+
+# Fixtures that load TensorFlow (the encoder; every fixture built on it, such as engine, app,
+# tiny_versions, follows: a test's fixturenames hold the whole chain) or start a server.
+SLOW_FIXTURES = frozenset({"encoder", "s3_server", "pg_cluster"})
+# Fixtures that need a PostgreSQL server.
+DB_FIXTURES = frozenset({"pg_url", "pg_migrated", "pg_engine", "pg_cluster"})
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--forbid-tensorflow",
+        action="store_true",
+        help="fail the session if any test imported TensorFlow (make test-fast sets it)",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        used = set(item.fixturenames)
+        if used & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        if used & DB_FIXTURES:
+            item.add_marker(pytest.mark.db)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if session.config.getoption("--forbid-tensorflow") and "tensorflow" in sys.modules:
+        session.config.get_terminal_writer().line(
+            "TensorFlow was imported by a test of this session, which --forbid-tensorflow "
+            "forbids: mark the test slow (or give it a fixture of SLOW_FIXTURES)",
+            red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def make_settings(**overrides) -> Settings:

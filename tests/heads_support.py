@@ -178,8 +178,9 @@ def register_versions(
         The recorded `ModelVersion` rows, in order (the promoted one as recorded, before it was
         promoted).
     """
+    from dc.promotion import promote
     from persistence.db import session_factory
-    from persistence.registry import promote, record_version
+    from persistence.registry import record_version
 
     versions = list(versions)
     sessions = session_factory(engine)

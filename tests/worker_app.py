@@ -1,4 +1,4 @@
-"""A tiny WSGI app for the worker tests (tests/test_worker.py), served by
+"""A tiny WSGI app for the worker tests (tests/service/test_worker.py), served by
 tests/worker_gunicorn.conf.py.
 
 - `GET /health`, `GET /ready`: 200 at once (paths of the worker's priority lane).

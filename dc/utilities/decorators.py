@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
-from sqlalchemy import exc as sa_exc
-
-try:  # the PostgreSQL driver is a dependency, but SQLite-only use must not need it
-    import psycopg2
-except ImportError:  # pragma: no cover
-    psycopg2 = None
+# The rule is storage's (the inference log's outage rule builds on it); re-exported here for
+# the callers of `db_retry`.
+from persistence.transient import is_transient_db_error
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -121,33 +117,6 @@ def logged(logger=None):
         return wrapper
 
     return decorate
-
-
-# SQLite reports both "the database is busy" and "no such table" as OperationalError; only the
-# first goes away by waiting.
-_SQLITE_TRANSIENT = ("database is locked", "database table is locked", "busy")
-
-
-def is_transient_db_error(error: BaseException) -> bool:
-    """Whether retrying the same work later may succeed: a lost or refused connection.
-
-    Retried: a connection SQLAlchemy had to invalidate; SQLAlchemy's OperationalError and
-    InterfaceError (connection refused, closed, reset; server shutting down); psycopg2's own
-    OperationalError and InterfaceError when raised outside SQLAlchemy; a locked SQLite file.
-    Never retried: errors that would fail the same way again (IntegrityError,
-    ProgrammingError, DataError, a missing SQLite table...).
-    """
-    if isinstance(error, sa_exc.DBAPIError):
-        if error.connection_invalidated:
-            return True
-        if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError):
-            if isinstance(error.orig, sqlite3.Error):
-                return any(marker in str(error.orig).lower() for marker in _SQLITE_TRANSIENT)
-            return True
-        return False
-    return psycopg2 is not None and isinstance(
-        error, psycopg2.OperationalError | psycopg2.InterfaceError
-    )
 
 
 def db_retry(
