@@ -18,7 +18,7 @@ connections, the same gunicorn settings (api/gunicorn.conf.py, DC_API_WORKERS x 
 The stream: make_requests.py --requests N --distinct D; its banking77 requests (about 60%), in
 stream order, are the bodies POSTed to /predict/banking77 (predict.lua takes one path), and the
 same bodies go to /echo and to the naive app. wrk cycles through the file when a round needs
-more requests than it holds. The database is a scratch PostgreSQL database (bench_api's
+more requests than it holds. The database is a scratch PostgreSQL database (the harness's
 open_database: DC_BENCH_DATABASE_URL, else the local server, else SQLite, said loudly),
 migrated and given the promoted demo rows of var/dc.sqlite; the service and the naive app both
 log every prediction to its `inferences` table.
@@ -46,9 +46,7 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -59,30 +57,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import smoke  # noqa: E402
-from bench.bench_api import (  # noqa: E402
-    REGION,
-    WARM_WRK_SECONDS,
-    ApiCounters,
-    Database,
-    Server,
-    count_rows,
-    free_port,
-    http_call,
-    install_stop_handlers,
-    machine_info,
-    open_database,
-    prepare_registry,
-    run_wrk,
-    server_env,
-    start_server,
-    tear_down,
-    wait_until,
-    warm_api,
-)
-from bench.bench_embedder import ensure_wrk  # noqa: E402
+from bench.harness.client import ApiCounters, http_call, warm_api  # noqa: E402
+from bench.harness.database import REGION, Database, count_rows  # noqa: E402
+from bench.harness.processes import Server, wait_ready  # noqa: E402
+from bench.harness.results import machine_info, timestamp, write_results  # noqa: E402
+from bench.harness.run import Run, app_settings, run_main  # noqa: E402
+from bench.harness.wrk import ensure_wrk, run_wrk, warm_round_args  # noqa: E402
 from dc.config import Settings  # noqa: E402
 
 MODEL = "banking77"
+PATH = f"/predict/{MODEL}"
+NAIVE_APP = "bench.naive_app:create_app()"
 TARGETS = {"warm_over_naive": 10.0, "warm_over_echo": 0.5, "memory_ratio": 0.25}
 
 
@@ -110,6 +95,7 @@ def register_copies(
     database: Database, copies: int, settings: Settings, workdir: Path
 ) -> list[str]:
     """Register and promote m01..mNN: copies of the demo models' promoted rows (same folders)."""
+    from dc import promotion
     from persistence import registry
     from persistence.db import make_engine, session_factory
 
@@ -146,7 +132,7 @@ def register_copies(
                     config=row.config,
                 )
             with factory() as session:
-                registry.promote(
+                promotion.promote(
                     session, name, REGION, row.version,
                     tolerance=settings.promotion_tolerance, force=True,
                 )  # fmt: skip
@@ -190,6 +176,32 @@ def _mb(kb: float | None) -> float | None:
     return None if kb is None else kb / 1024
 
 
+def memory_summary(stack_procs: dict, naive_procs: list[dict], models: int) -> dict:
+    """(e): the stack's total RSS and PSS against 21 x one naive worker's."""
+    stack_rows = stack_procs["api"] + stack_procs["embedder"]
+    stack_rss = sum(r["rss_kb"] for r in stack_rows)
+    stack_pss = sum(r["pss_kb"] or 0 for r in stack_rows)
+    naive_worker = max((r for r in naive_procs if r["role"] == "worker"), key=lambda r: r["rss_kb"])
+    memory = {
+        "stack_models": models,
+        "api_workers": sum(r["role"] == "worker" for r in stack_procs["api"]),
+        "stack_processes": stack_procs,
+        "stack_rss_mb": _mb(stack_rss),
+        "stack_pss_mb": _mb(stack_pss),
+        "naive_processes": naive_procs,
+        "naive_rss_mb": _mb(naive_worker["rss_kb"]),
+        "naive_pss_mb": _mb(naive_worker["pss_kb"] or 0),
+        "naive21_rss_mb": 21 * _mb(naive_worker["rss_kb"]),
+        "naive21_pss_mb": 21 * _mb(naive_worker["pss_kb"] or 0),
+        "note": "naive: ONE worker process (encoder + one Keras head) measured, multiplied by 21",
+    }
+    memory["rss_ratio"] = memory["stack_rss_mb"] / memory["naive21_rss_mb"]
+    memory["pss_ratio"] = (
+        memory["stack_pss_mb"] / memory["naive21_pss_mb"] if memory["naive21_pss_mb"] else 0.0
+    )
+    return memory
+
+
 # --- points -----------------------------------------------------------------------------------
 
 
@@ -204,44 +216,82 @@ def measure(name: str, wrk: str, port: int, bodies: Path, path: str, args) -> di
     return result
 
 
-def start_stack(gunicorn, envs, workdir: Path, tag: str, models: list[str]):
+def start_stack(run: Run, settings: dict[str, str], tag: str, models: list[str]):
     """Start the embedder, wait until ready, then the API; wait until every model serves."""
-    embedder_port, api_port = free_port(), free_port()
-    embedder_env = {**envs["base"], "DC_EMBEDDER_PORT": str(embedder_port)}
-    api_env = {
-        **envs["base"],
-        **envs["api"],
-        "DC_EMBEDDER_URL": f"http://127.0.0.1:{embedder_port}",
-        "DC_API_PORT": str(api_port),
-        "DC_SPOOL_DIR": str(workdir / f"spool-{tag}"),
-        "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"api-metrics-{tag}"),
-    }
-    embedder = start_server(
-        f"embedder-{tag}", [*gunicorn, "-c", "embedder/gunicorn.conf.py"], embedder_env,
-        embedder_port, workdir,
-    )  # fmt: skip
-    servers = [embedder]
-    try:
-        wait_until(embedder, "/ready", lambda status, _: status == 200)
-        api = start_server(
-            f"api-{tag}", [*gunicorn, "-c", "api/gunicorn.conf.py"], api_env, api_port, workdir
-        )
-        servers.append(api)
-        wait_until(
-            api,
-            "/ready",
-            lambda status, body: status == 200 and set(models) <= set(json.loads(body)["models"]),
-        )
-    except BaseException:
-        for server in reversed(servers):
-            server.stop()
-        raise
+    embedder = run.start_embedder(f"embedder-{tag}")
+    api = run.start_api(embedder, settings, models, name=f"api-{tag}")
     return embedder, api
 
 
 def cache_delta(api: Server, before: ApiCounters) -> dict:
     delta = ApiCounters.read(api.port, MODEL).minus(before)
     return {k: delta[k] for k in ("cache_hits", "cache_misses", "cache_hit_share")}
+
+
+def point_echo(run: Run, wrk: str, settings: dict[str, str], bodies: Path, args) -> dict:
+    """(a): the echo app under the same gunicorn settings, warmed by a short round."""
+    echo = run.start_echo(settings)
+    print(f"measuring, wrk -t{args.wrk_threads} -c{args.connections}, {args.seconds:g} s:")
+    run_wrk(wrk, echo.port, bodies, "/echo", warm_round_args(args), args.workers)
+    point = measure("echo", wrk, echo.port, bodies, "/echo", args)
+    run.stop(echo)
+    return point
+
+
+def point_warm(run: Run, wrk: str, settings, models, texts, bodies: Path, args):
+    """(b) the service after every worker's caches got the stream's texts, then (e) the
+    memory of its stack.
+
+    Returns:
+        The point, the warm-up's figures and the stack's processes' memory.
+    """
+    print(f"starting the embedder and the API ({len(models)} models) ...")
+    embedder, api = start_stack(run, settings, "warm", models)
+    warm = warm_api(api, MODEL, texts, args.workers)
+    print(
+        f"  warm-up: {len(texts)} texts into each of {len(warm['workers_warmed'])} workers, "
+        f"{warm['check_requests']} checks all cache hits"
+    )
+    run_wrk(wrk, api.port, bodies, PATH, warm_round_args(args), args.workers)
+    before = ApiCounters.read(api.port, MODEL)
+    point = measure("warm", wrk, api.port, bodies, PATH, args)
+    point.update(cache_delta(api, before))
+    stack_procs = {"api": group_memory(api), "embedder": group_memory(embedder)}
+    run.stop(api, embedder)
+    return point, warm, stack_procs
+
+
+def point_cold(run: Run, wrk: str, settings, models, bodies: Path, args) -> dict:
+    """(c): a fresh API and embedder, no warm-up at all."""
+    embedder, api = start_stack(run, settings, "cold", models)
+    before = ApiCounters.read(api.port, MODEL)
+    point = measure("cold", wrk, api.port, bodies, PATH, args)
+    point.update(cache_delta(api, before))
+    run.stop(api, embedder)
+    return point
+
+
+def point_naive(run: Run, wrk: str, settings, database: Database, texts, bodies: Path, args):
+    """(d) the naive app, and its processes' memory (one worker's is (e)'s unit)."""
+    naive = run.start_app(
+        "naive",
+        # The baseline is measured as the design's starting point, without the worker's
+        # load shedding: its 100+ ms requests would otherwise be shed in bursts.
+        {**settings, "DC_NAIVE_MODELS": MODEL, "DC_MAX_QUEUE_WAIT_MS": "600000"},
+        app=NAIVE_APP,
+    )
+    wait_ready(naive)
+    status, _, body = http_call(naive.port, "POST", PATH, {"text": texts[0]}, timeout=120)
+    if status != 200:
+        raise SystemExit(f"naive app answered {status}: {body[:300]!r}")
+    run_wrk(wrk, naive.port, bodies, PATH, warm_round_args(args), args.workers)
+    rows_before = count_rows(database.url)
+    point = measure("naive", wrk, naive.port, bodies, PATH, args)
+    time.sleep(1.0)
+    point["rows_inserted"] = count_rows(database.url) - rows_before
+    naive_procs = group_memory(naive)
+    run.stop(naive)
+    return point, naive_procs
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -358,6 +408,73 @@ def print_table(report: dict) -> None:
         print(f"  {key:16} {value['value']:8.3f}  target {value['target']}  {verdict}")
 
 
+def ratios_of(points: dict, memory: dict) -> dict:
+    """The three ratios, each with its target and whether it is met."""
+    values = {
+        "warm_over_naive": points["warm"]["requests_per_s"] / points["naive"]["requests_per_s"],
+        "warm_over_echo": points["warm"]["requests_per_s"] / points["echo"]["requests_per_s"],
+        "memory_ratio": memory["rss_ratio"],
+    }
+    return {
+        key: {
+            "value": value,
+            "target": TARGETS[key],
+            "pass": value < TARGETS[key] if key == "memory_ratio" else value >= TARGETS[key],
+        }
+        for key, value in values.items()
+    }
+
+
+def make_report(args, run: Run, stream: dict, facts: dict, points: dict, memory: dict) -> dict:
+    """design.json: settings, every point, memory, ratios, pass/fail.
+
+    Args:
+        stream: the stream's length, bodies and distinct texts; facts: the registry rows
+            copied, the copies' names and the warm-up.
+    """
+    ratios = ratios_of(points, memory)
+    return {
+        "when": timestamp(),
+        "smoke": args.smoke,
+        "machine": machine_info(),
+        "settings": {
+            "seconds": args.seconds,
+            "workers": args.workers,
+            "threads": args.threads,
+            "wrk_threads": args.wrk_threads,
+            "connections": args.connections,
+            "requests": args.requests,
+            "distinct": args.distinct,
+            "stream_requests": stream["requests"],
+            "bodies": stream["bodies"],
+            "distinct_texts": stream["distinct_texts"],
+            "model": MODEL,
+            "copies": facts["copies"],
+        },
+        "database": {"backend": run.database.backend, "how": run.database.how},
+        "registry": facts["copied"],
+        "warm_up": facts["warm"],
+        "points": points,
+        "memory": memory,
+        "ratios": ratios,
+        "pass": all(r["pass"] for r in ratios.values()),
+    }
+
+
+def save(report: dict, args) -> None:
+    """design.json, design.md and design.png into args.out; the table on stdout."""
+    markdown = smoke.mark(to_markdown(report), args.smoke)
+    write_results(args.out, "design", report, markdown)
+    try:
+        save_chart(report, args.out / "design.png")
+    except Exception as exc:  # the figures are saved either way
+        print(f"no chart: {exc}")
+    print_table(report)
+    print()
+    print(markdown)
+    print(f"saved {args.out / 'design.json'}, design.md and design.png")
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -411,188 +528,31 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    install_stop_handlers()
     wrk = ensure_wrk()
     settings = Settings()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-design-"))
-    servers: list[Server] = []
-    database: Database | None = None
-    failed = True
     points: dict[str, dict] = {}
-    try:
-        bodies, texts, stream_len = make_stream(workdir, args.requests, args.distinct)
+    with Run("bench-design-", keep_logs=args.keep_logs) as run:
+        bodies, texts, stream_len = make_stream(run.workdir, args.requests, args.distinct)
         n_bodies = len(bodies.read_text().splitlines())
         print(
             f"stream: {stream_len} requests, {n_bodies} for {MODEL} ({len(texts)} distinct texts)"
         )
-        registry_file = smoke.ensure_models() if args.smoke else None
-        database = open_database(workdir)
-        print(f"database: {database.display_url} ({database.how})")
-        copied = prepare_registry(database, workdir, settings, registry_file)
-        copies = register_copies(database, args.copies, settings, workdir)
+        database, copied = run.prepare_database(settings, smoke=args.smoke)
+        copies = register_copies(database, args.copies, settings, run.workdir)
         models = [c["model"] for c in copied] + copies
         print(f"registry: {len(models)} promoted models ({', '.join(models[:4])}, ...)")
-
-        base_env = server_env()
-        app_env = {
-            "DC_API_WORKERS": str(args.workers),
-            "DC_API_THREADS": str(args.threads),
-            "DC_EMBEDDER_MODE": "remote",
-            "DC_DATABASE_URL": database.url,
-            "DC_SERVING_REGION": REGION,
-        }
-        envs = {"base": base_env, "api": app_env}
-        gunicorn = [sys.executable, "-m", "gunicorn"]
-        path = f"/predict/{MODEL}"
-        warm_seconds = min(WARM_WRK_SECONDS, args.seconds) if args.smoke else WARM_WRK_SECONDS
-        warm_args = argparse.Namespace(**{**vars(args), "seconds": warm_seconds})
-
-        # (a) echo
-        echo_port = free_port()
-        echo = start_server(
-            "echo",
-            [*gunicorn, "-c", "api/gunicorn.conf.py", "bench.echo_app:create_app()"],
-            {**base_env, **app_env, "DC_API_PORT": str(echo_port),
-             "PROMETHEUS_MULTIPROC_DIR": str(workdir / "echo-metrics")},
-            echo_port, workdir,
-        )  # fmt: skip
-        servers.append(echo)
-        wait_until(echo, "/echo", lambda status, _: status == 405)
-        print(f"measuring, wrk -t{args.wrk_threads} -c{args.connections}, {args.seconds:g} s:")
-        run_wrk(wrk, echo_port, bodies, "/echo", warm_args, args.workers)
-        points["echo"] = measure("echo", wrk, echo_port, bodies, "/echo", args)
-        echo.stop()
-        servers.remove(echo)
-
-        # (b) warm, then (e) memory of the stack
-        print(f"starting the embedder and the API ({len(models)} models) ...")
-        embedder, api = start_stack(gunicorn, envs, workdir, "warm", models)
-        servers += [embedder, api]
-        warm = warm_api(api, MODEL, texts, args.workers)
-        print(
-            f"  warm-up: {len(texts)} texts into each of {len(warm['workers_warmed'])} workers, "
-            f"{warm['check_requests']} checks all cache hits"
+        shared = app_settings(database, args.workers, args.threads)
+        points["echo"] = point_echo(run, wrk, shared, bodies, args)
+        points["warm"], warm, stack_procs = point_warm(
+            run, wrk, shared, models, texts, bodies, args
         )
-        run_wrk(wrk, api.port, bodies, path, warm_args, args.workers)
-        before = ApiCounters.read(api.port, MODEL)
-        points["warm"] = measure("warm", wrk, api.port, bodies, path, args)
-        points["warm"].update(cache_delta(api, before))
-        stack_procs = {"api": group_memory(api), "embedder": group_memory(embedder)}
-        for server in (api, embedder):
-            server.stop()
-            servers.remove(server)
-
-        # (c) cold: a fresh API and embedder, no warm-up at all
-        embedder, api = start_stack(gunicorn, envs, workdir, "cold", models)
-        servers += [embedder, api]
-        before = ApiCounters.read(api.port, MODEL)
-        points["cold"] = measure("cold", wrk, api.port, bodies, path, args)
-        points["cold"].update(cache_delta(api, before))
-        for server in (api, embedder):
-            server.stop()
-            servers.remove(server)
-
-        # (d) naive, and one naive worker's memory
-        naive_port = free_port()
-        naive = start_server(
-            "naive",
-            [*gunicorn, "-c", "api/gunicorn.conf.py", "bench.naive_app:create_app()"],
-            # The baseline is measured as the design's starting point, without the worker's
-            # load shedding: its 100+ ms requests would otherwise be shed in bursts.
-            {**base_env, **app_env, "DC_API_PORT": str(naive_port), "DC_NAIVE_MODELS": MODEL,
-             "DC_MAX_QUEUE_WAIT_MS": "600000",
-             "PROMETHEUS_MULTIPROC_DIR": str(workdir / "naive-metrics")},
-            naive_port, workdir,
-        )  # fmt: skip
-        servers.append(naive)
-        wait_until(naive, "/ready", lambda status, _: status == 200)
-        status, _, body = http_call(naive_port, "POST", path, {"text": texts[0]}, timeout=120)
-        if status != 200:
-            raise SystemExit(f"naive app answered {status}: {body[:300]!r}")
-        run_wrk(wrk, naive_port, bodies, path, warm_args, args.workers)
-        rows_before = count_rows(database.url)
-        points["naive"] = measure("naive", wrk, naive_port, bodies, path, args)
-        time.sleep(1.0)
-        points["naive"]["rows_inserted"] = count_rows(database.url) - rows_before
-        naive_procs = group_memory(naive)
-        naive.stop()
-        servers.remove(naive)
-        failed = False
-    finally:
-        tear_down(servers, database, workdir, keep=failed or args.keep_logs)
-
-    stack_rows = stack_procs["api"] + stack_procs["embedder"]
-    stack_rss = sum(r["rss_kb"] for r in stack_rows)
-    stack_pss = sum(r["pss_kb"] or 0 for r in stack_rows)
-    naive_worker = max((r for r in naive_procs if r["role"] == "worker"), key=lambda r: r["rss_kb"])
-    memory = {
-        "stack_models": len(models),
-        "api_workers": sum(r["role"] == "worker" for r in stack_procs["api"]),
-        "stack_processes": stack_procs,
-        "stack_rss_mb": _mb(stack_rss),
-        "stack_pss_mb": _mb(stack_pss),
-        "naive_processes": naive_procs,
-        "naive_rss_mb": _mb(naive_worker["rss_kb"]),
-        "naive_pss_mb": _mb(naive_worker["pss_kb"] or 0),
-        "naive21_rss_mb": 21 * _mb(naive_worker["rss_kb"]),
-        "naive21_pss_mb": 21 * _mb(naive_worker["pss_kb"] or 0),
-        "note": "naive: ONE worker process (encoder + one Keras head) measured, multiplied by 21",
-    }
-    memory["rss_ratio"] = memory["stack_rss_mb"] / memory["naive21_rss_mb"]
-    memory["pss_ratio"] = (
-        memory["stack_pss_mb"] / memory["naive21_pss_mb"] if memory["naive21_pss_mb"] else 0.0
-    )
-    values = {
-        "warm_over_naive": points["warm"]["requests_per_s"] / points["naive"]["requests_per_s"],
-        "warm_over_echo": points["warm"]["requests_per_s"] / points["echo"]["requests_per_s"],
-        "memory_ratio": memory["rss_ratio"],
-    }
-    ratios = {
-        key: {
-            "value": value,
-            "target": TARGETS[key],
-            "pass": value < TARGETS[key] if key == "memory_ratio" else value >= TARGETS[key],
-        }
-        for key, value in values.items()
-    }
-    report = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "smoke": args.smoke,
-        "machine": machine_info(),
-        "settings": {
-            "seconds": args.seconds,
-            "workers": args.workers,
-            "threads": args.threads,
-            "wrk_threads": args.wrk_threads,
-            "connections": args.connections,
-            "requests": args.requests,
-            "distinct": args.distinct,
-            "stream_requests": stream_len,
-            "bodies": n_bodies,
-            "distinct_texts": len(texts),
-            "model": MODEL,
-            "copies": copies,
-        },
-        "database": {"backend": database.backend, "how": database.how},
-        "registry": copied,
-        "warm_up": warm,
-        "points": points,
-        "memory": memory,
-        "ratios": ratios,
-        "pass": all(r["pass"] for r in ratios.values()),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "design.json").write_text(json.dumps(report, indent=2) + "\n")
-    markdown = smoke.mark(to_markdown(report), args.smoke)
-    (args.out / "design.md").write_text(markdown)
-    try:
-        save_chart(report, args.out / "design.png")
-    except Exception as exc:  # the figures are saved either way
-        print(f"no chart: {exc}")
-    print_table(report)
-    print()
-    print(markdown)
-    print(f"saved {args.out / 'design.json'}, design.md and design.png")
+        points["cold"] = point_cold(run, wrk, shared, models, bodies, args)
+        points["naive"], naive_procs = point_naive(run, wrk, shared, database, texts, bodies, args)
+    memory = memory_summary(stack_procs, naive_procs, len(models))
+    stream = {"requests": stream_len, "bodies": n_bodies, "distinct_texts": len(texts)}
+    facts = {"copied": copied, "copies": copies, "warm": warm}
+    report = make_report(args, run, stream, facts, points, memory)
+    save(report, args)
     if args.smoke:
         smoke.require_no_errors(points)
         return 0
@@ -600,8 +560,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; every server started was stopped")
-        sys.exit(130)
+    run_main(main)

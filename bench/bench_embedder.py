@@ -26,7 +26,6 @@ Usage: python bench/bench_embedder.py [--seconds 5] [--out bench/results] [--por
 from __future__ import annotations
 
 import argparse
-import csv
 import http.client
 import json
 import os
@@ -38,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +46,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import smoke  # noqa: E402
+from bench.harness.client import HOST  # noqa: E402
+from bench.harness.inputs import embed_bodies, load_phrases, write_bodies  # noqa: E402
+from bench.harness.processes import free_port  # noqa: E402
+from bench.harness.results import timestamp, write_results  # noqa: E402
+from bench.harness.wrk import ensure_wrk, wrk_json  # noqa: E402
 from dc.config import Settings  # noqa: E402
 from dc.nlp.encoder import load_encoder  # noqa: E402
 
@@ -71,19 +74,6 @@ SMOKE_CONCURRENCY = (16,)
 # Its one batching configuration is the service the other points measure: one start less.
 SMOKE_BATCHING_CONFIG = BATCHING_CONFIGS[-1]
 SMOKE_CACHE_HIT_REQUESTS = 200
-
-
-def load_phrases(max_words: int) -> list[str]:
-    """Distinct short phrases (at most `max_words` words) from BANKING77 and CLINC150."""
-    phrases: dict[str, None] = {}
-    for path in sorted((REPO / "data").glob("*/*.csv")):
-        with open(path, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                if 3 <= len(row["text"].split()) <= max_words:
-                    phrases[row["text"]] = None
-    ordered = list(phrases)
-    random.Random(0).shuffle(ordered)
-    return ordered
 
 
 def raw_rate(encoder, phrases: list[str], batch: int, seconds: float) -> dict:
@@ -113,17 +103,6 @@ def bench_raw(encoder, phrases: list[str], seconds: float, batches=RAW_BATCHES) 
     return results
 
 
-def ensure_wrk() -> str:
-    """Path of wrk, installing Debian's package when it is missing."""
-    if shutil.which("wrk") is None:
-        print("installing wrk (Debian package) for the load generator")
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False)
-        if shutil.which("wrk") is None:
-            subprocess.run(["apt-get", "update", "-qq"], check=True)
-            subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
-    return shutil.which("wrk")
-
-
 class Phrases:
     """Hands out distinct phrases, so that no two benchmark points share a cache entry."""
 
@@ -140,24 +119,16 @@ class Phrases:
         return taken
 
 
-def write_bodies(path: Path, phrases: list[str]) -> Path:
-    with open(path, "w", encoding="utf-8") as handle:
-        for phrase in phrases:
-            handle.write(json.dumps({"texts": [phrase]}) + "\n")
-    return path
-
-
-def run_wrk(wrk: str, port: int, bodies: Path, clients: int, seconds: float) -> dict:
+def wrk_round(wrk: str, port: int, bodies: Path, clients: int, seconds: float) -> dict:
     """`clients` connections, each one request at a time with one phrase, for `seconds`."""
     threads = min(2, clients)
     command = [
         wrk, f"-t{threads}", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "30s",
-        "-s", str(REPO / "bench" / "embed.lua"), f"http://127.0.0.1:{port}", "--",
+        "-s", str(REPO / "bench" / "embed.lua"), f"http://{HOST}:{port}", "--",
         str(bodies), str(threads),
     ]  # fmt: skip
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    line = next(line for line in output.splitlines() if line.startswith("WRK_JSON "))
-    figures = json.loads(line.removeprefix("WRK_JSON "))
+    figures = wrk_json(output)
     return {
         "clients": clients,
         "requests": figures["requests"],
@@ -182,9 +153,10 @@ def measure_point(wrk, port, workdir, phrases, clients, seconds, hot=(), share=0
         fresh = iter(phrases.take(int(count * (1 - share)) + 50))
         return [rng.choice(hot) if rng.random() < share else next(fresh) for _ in range(count)]
 
-    run_wrk(wrk, port, write_bodies(workdir / "warm.jsonl", stream(rate)), clients, 1.0)
-    bodies = write_bodies(workdir / "bodies.jsonl", stream(int(rate * seconds)))
-    result = run_wrk(wrk, port, bodies, clients, seconds)
+    warm = write_bodies(workdir / "warm.jsonl", embed_bodies(stream(rate)))
+    wrk_round(wrk, port, warm, clients, 1.0)
+    bodies = write_bodies(workdir / "bodies.jsonl", embed_bodies(stream(int(rate * seconds))))
+    result = wrk_round(wrk, port, bodies, clients, seconds)
     result["repeat_share"] = share
     return result
 
@@ -198,7 +170,7 @@ def start_service(port: int, settings_env: dict[str, str]) -> subprocess.Popen:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if requests.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+            if requests.get(f"http://{HOST}:{port}/ready", timeout=2).status_code == 200:
                 return proc
         except requests.RequestException:
             pass
@@ -210,7 +182,7 @@ def start_service(port: int, settings_env: dict[str, str]) -> subprocess.Popen:
 
 def bench_cache_hit(port: int, phrase: str, count: int = CACHE_HIT_REQUESTS) -> dict:
     """Sequential requests for one cached phrase: the service's own time and the client's."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
     headers = {"Content-Type": "application/json", "Accept": "application/octet-stream"}
     body = json.dumps({"texts": [phrase]})
     inside, outside = [], []
@@ -288,7 +260,7 @@ def to_markdown(report: dict) -> str:
 def batch_counters(port: int) -> tuple[float, float]:
     """(batches, texts) encoded so far, from the service's Prometheus metrics."""
     values = {}
-    for line in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+    for line in requests.get(f"http://{HOST}:{port}/metrics", timeout=10).text.splitlines():
         name, _, value = line.partition(" ")
         if name in ("embedder_batch_size_count", "embedder_batch_size_sum"):
             values[name] = float(value)
@@ -344,8 +316,6 @@ def main() -> None:
     raw_batches, concurrency = RAW_BATCHES, CONCURRENCY
     hit_requests = CACHE_HIT_REQUESTS
     if args.smoke:
-        from bench.bench_api import free_port
-
         args.seconds = 1.0
         args.out = smoke.smoke_out(args.out)
         args.port = args.port or free_port()  # make test may run beside another benchmark
@@ -372,7 +342,7 @@ def main() -> None:
         hot = phrases.take(HOT_PHRASES)
         for start in range(0, HOT_PHRASES, 100):
             requests.post(
-                f"http://127.0.0.1:{port}/embed",
+                f"http://{HOST}:{port}/embed",
                 json={"texts": hot[start : start + 100]},
                 timeout=60,
             )
@@ -395,7 +365,7 @@ def main() -> None:
                 )
         hit = bench_cache_hit(port, hot[0], hit_requests)
         print(f"cache hit inside the service: p50 {hit['service_p50_ms']:.3f} ms")
-        info = requests.get(f"http://127.0.0.1:{port}/info", timeout=10).json()
+        info = requests.get(f"http://{HOST}:{port}/info", timeout=10).json()
         if args.smoke:
             batching = [
                 measure_batching(wrk, port, workdir, phrases, args.seconds, SMOKE_BATCHING_CONFIG)
@@ -410,7 +380,7 @@ def main() -> None:
     baseline = (raw[32]["phrases_per_s"] + raw_after["phrases_per_s"]) / 2
     ratio = misses[concurrency.index(16)]["requests_per_s"] / baseline
     report = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "when": timestamp(),
         "smoke": args.smoke,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
@@ -429,10 +399,8 @@ def main() -> None:
             "cache_hit_ok": hit["service_p50_ms"] < 1.0,
         },
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "embedder.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = smoke.mark(to_markdown(report), args.smoke)
-    (args.out / "embedder.md").write_text(markdown)
+    write_results(args.out, "embedder", report, markdown)
     print()
     print(markdown)
     if args.smoke:

@@ -24,7 +24,6 @@ Usage: python bench/bench_heads.py [--artifacts var/artifacts] [--out bench/resu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import smoke  # noqa: E402
+from bench.harness.results import write_results  # noqa: E402
 from dc.postprocessing import postprocess  # noqa: E402
 from dc.predict import Head, head_path, load_head  # noqa: E402
 
@@ -206,10 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_seconds_per_head": {"keras": load_keras_s, "numpy": load_numpy_s},
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "heads.json").write_text(json.dumps(result, indent=2) + "\n")
     text = smoke.mark(markdown(result), args.smoke)
-    (args.out / "heads.md").write_text(text + "\n")
+    write_results(args.out, "heads", result, text + "\n")
     print(text)
     return 0
 

@@ -10,7 +10,7 @@ Acceptance:
      delay, reported); after the load, normal requests answer at their usual latency within 5 s.
 
 What one run does:
-  1. The database and the registry as bench/bench_api.py sets them up (its helpers: a scratch
+  1. The database and the registry as bench/bench_api.py sets them up (bench/harness/: a scratch
      database on the local PostgreSQL, the demo models' promoted versions copied from
      var/dc.sqlite), then the embedder service and the API (api/gunicorn.conf.py, remote embedder
      mode, DC_API_WORKERS x DC_API_THREADS, every other setting at its default) on free ports.
@@ -50,13 +50,8 @@ import gc
 import http.client
 import json
 import multiprocessing
-import os
-import platform
 import sys
-import tempfile
 import time
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -64,22 +59,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import smoke  # noqa: E402
-from bench.bench_api import (  # noqa: E402
-    DEMO_MODELS,
-    REGION,
-    Server,
-    free_port,
-    http_call,
-    install_stop_handlers,
-    open_database,
-    prepare_registry,
-    server_env,
-    start_server,
-    tear_down,
-    wait_until,
+from bench.harness.client import HOST, http_call  # noqa: E402
+from bench.harness.database import DEMO_MODELS, Database  # noqa: E402
+from bench.harness.inputs import load_phrases  # noqa: E402
+from bench.harness.processes import Server, require_alive  # noqa: E402
+from bench.harness.results import (  # noqa: E402
+    latency_summary,
+    machine_info,
+    timestamp,
+    write_results,
 )
-from bench.bench_embedder import load_phrases  # noqa: E402
-from dc.config import VAR_DIR, Settings  # noqa: E402
+from bench.harness.run import Run, app_settings, run_main  # noqa: E402
+from dc.config import Settings  # noqa: E402
 
 MAX_WORDS = 15
 SLOW_INTERVAL_S = 1.0  # the slow clients send one byte this often
@@ -90,35 +81,10 @@ BASELINE_S = 3.0
 CLIENT_TIMEOUT_S = 10.0
 TARGET_NORMAL_MAX_S = 1.0
 TARGET_HEALTH_P99_S = 0.100
-HOST = "127.0.0.1"
+LAG_PROBE_S = 0.01  # the flood client's probe of its own event loop's delay
 
 
-# --- statistics ---------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The `q`-th percentile (nearest rank) of `values`; None when there are none."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
-def latency_summary(latencies: list[float]) -> dict[str, Any]:
-    """count, p50, p99 and max of `latencies` (seconds), in milliseconds."""
-
-    def ms(value):
-        return None if value is None else round(1000 * value, 2)
-
-    return {
-        "count": len(latencies),
-        "p50_ms": ms(percentile(latencies, 50)),
-        "p99_ms": ms(percentile(latencies, 99)),
-        "max_ms": ms(max(latencies) if latencies else None),
-    }
-
-
-# --- load generators (also used by tests/test_overload_service.py) ------------------------------
+# --- load generators (also used by tests/service/test_overload_service.py) ------------------------------
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
@@ -237,8 +203,23 @@ async def _flood(
         if writer is not None:
             writer.close()
 
-    await asyncio.gather(*(client(n) for n in range(connections)))
-    return {"answers": answers, "errors": errors, "seconds": loop.time() - started}
+    lags: list[float] = []
+
+    async def lag_probe() -> None:
+        # How late this loop wakes from a short sleep: a latency measured here includes that
+        # much of the client's own wait for a core (it shares the machine with the servers).
+        while loop.time() < deadline:
+            asked = loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            lags.append(loop.time() - asked - LAG_PROBE_S)
+
+    await asyncio.gather(lag_probe(), *(client(n) for n in range(connections)))
+    return {
+        "answers": answers,
+        "errors": errors,
+        "seconds": loop.time() - started,
+        "client_lags": lags,
+    }
 
 
 @contextlib.contextmanager
@@ -416,6 +397,7 @@ def phase_flood(port: int, model: str, phrases: list[str], connections: int, sec
             "without_retry_after": sum(1 for a in shed if a[3] is None),
         },
         "health": {**latency_summary(health), "failures": health_failures},
+        "client_loop_lag": latency_summary(result["client_lags"]),
         "after_load": after,
     }
 
@@ -498,6 +480,11 @@ def to_markdown(report: dict) -> str:
             f"{fl['shed_429_503']['without_retry_after']}; client errors: {errors}",
         ),
         row(
+            "B. ... the flood client's own delay (its event loop waking from a 10 ms sleep)",
+            fl["client_loop_lag"],
+            "part of every latency above that the client, not the server, adds",
+        ),
+        row(
             f"after the load: new-phrase `/predict` for {AFTER_LOAD_S:g} s",
             fl["after_load"],
             f"failures {fl['after_load']['failures']}",
@@ -512,14 +499,7 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine_info() -> dict:
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "gunicorn": metadata.version("gunicorn"),
-    }
+# --- main ---------------------------------------------------------------------------------------
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -548,103 +528,51 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (printed)")
     args = parser.parse_args()
-    committed = REPO / "bench" / "results"
     if args.smoke:
         args.slow_connections, args.slow_seconds = 20, 4.0
         args.flood_connections, args.flood_seconds = 32, 3.0
-        args.out = args.out or VAR_DIR / "bench-smoke" / "overload"
-        if args.out.resolve() == committed.resolve():
+        args.out = args.out or smoke.SMOKE_DIR / "overload"
+        if args.out.resolve() == smoke.COMMITTED_RESULTS.resolve():
             parser.error("--smoke never writes to bench/results: give another --out")
-    args.out = args.out or committed
+    args.out = args.out or smoke.COMMITTED_RESULTS
     if min(args.slow_connections, args.flood_connections) < 1:
         parser.error("connection counts must be positive")
     return args
 
 
-def main() -> int:
-    args = parse_args()
-    install_stop_handlers()
-    settings = Settings()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-overload-"))
-    servers: list[Server] = []
-    database = None
-    failed = True
-    try:
-        phrases = load_phrases(MAX_WORDS)
-        database = open_database(workdir)
-        print(f"database: {database.display_url} ({database.how})")
-        # A smoke run trains tiny heads of its own when needed (a clean clone has no demo
-        # models); a real run measures the demo models of `make demo`.
-        copied = prepare_registry(
-            database, workdir, settings, smoke.ensure_models() if args.smoke else None
-        )
-        print("registry: " + ", ".join(f"{c['model']} {c['version']}" for c in copied))
-        embedder_port, api_port = free_port(), free_port()
-        base_env = server_env()
-        embedder = start_server(
-            "embedder",
-            [sys.executable, "-m", "gunicorn", "-c", "embedder/gunicorn.conf.py"],
-            {**base_env, "DC_EMBEDDER_PORT": str(embedder_port)},
-            embedder_port,
-            workdir,
-        )
-        servers.append(embedder)
-        wait_until(embedder, "/ready", lambda status, _: status == 200)
-        api_env = {
-            **base_env,
-            "DC_API_PORT": str(api_port),
-            "DC_EMBEDDER_MODE": "remote",
-            "DC_EMBEDDER_URL": f"http://{HOST}:{embedder_port}",
-            "DC_DATABASE_URL": database.url,
-            "DC_SPOOL_DIR": str(workdir / "spool"),
-            "DC_SERVING_REGION": REGION,
-            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "api-metrics"),
-        }
-        api = start_server(
-            "api",
-            [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn.conf.py"],
-            api_env,
-            api_port,
-            workdir,
-        )
-        servers.append(api)
-        wait_until(
-            api,
-            "/ready",
-            lambda status, body: status == 200 and args.model in json.loads(body)["models"],
-        )
-        for phrase in phrases[:20]:  # the normal client's repeated phrases of phase A
-            http_call(api_port, "POST", f"/predict/{args.model}", {"text": phrase})
+def start_api(run: Run, database: Database, model: str, phrases: list[str]) -> Server:
+    """The embedder service and the API (every setting but the run's at its default), with the
+    normal client's repeated phrases of phase A in its cache."""
+    embedder = run.start_embedder()
+    api = run.start_api(embedder, app_settings(database), [model])
+    for phrase in phrases[:20]:
+        http_call(api.port, "POST", f"/predict/{model}", {"text": phrase})
+    return api
 
-        print(f"baseline: new-phrase /predict for {BASELINE_S:g} s ...")
-        baseline = measure_normal(api_port, args.model, phrases, BASELINE_S, "base")
-        print(
-            f"phase A: {args.slow_connections} slow-header connections for {args.slow_seconds:g} s"
-        )
-        slow = phase_slow(api_port, args.model, phrases, args.slow_connections, args.slow_seconds)
-        time.sleep(2.0)
-        print(
-            f"phase B: {args.flood_connections} connections of new phrases for "
-            f"{args.flood_seconds:g} s"
-        )
-        flooded = phase_flood(
-            api_port, args.model, phrases, args.flood_connections, args.flood_seconds
-        )
-        for server in servers:
-            if not server.alive():
-                raise SystemExit(f"{server.name} died during the run:\n{server.log_tail()}")
-        failed = False
-    finally:
-        server_warnings = {s.name: s.warnings() for s in servers if s.name != "embedder"}
-        tear_down(servers, database, workdir, keep=failed or args.keep_logs)
 
+def run_phases(port: int, phrases: list[str], args) -> dict:
+    """The baseline, phase A (slow clients) and phase B (the flood, then the normal client)."""
+    print(f"baseline: new-phrase /predict for {BASELINE_S:g} s ...")
+    baseline = measure_normal(port, args.model, phrases, BASELINE_S, "base")
+    print(f"phase A: {args.slow_connections} slow-header connections for {args.slow_seconds:g} s")
+    slow = phase_slow(port, args.model, phrases, args.slow_connections, args.slow_seconds)
+    time.sleep(2.0)
+    print(
+        f"phase B: {args.flood_connections} connections of new phrases for {args.flood_seconds:g} s"
+    )
+    flooded = phase_flood(port, args.model, phrases, args.flood_connections, args.flood_seconds)
+    return {"baseline": baseline, "slow_headers": slow, "flood": flooded}
+
+
+def make_report(args, run: Run, copied: list[dict], phases: dict) -> dict:
+    """overload.json: every figure, and each acceptance point met or not."""
     # The servers ran with every DC_* setting at its default (server_env drops this
     # environment's), whatever this process's environment says.
     defaults = {name: field.default for name, field in Settings.model_fields.items()}
     report = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "when": timestamp(),
         "smoke": args.smoke,
-        "machine": machine_info(),
+        "machine": machine_info(load_tools=False),
         "settings": {
             "workers": defaults["api_workers"],
             "threads": defaults["api_threads"],
@@ -654,38 +582,58 @@ def main() -> int:
             "retry_after_s": defaults["retry_after_s"],
             "model": args.model,
         },
-        "database": {"backend": database.backend, "how": database.how},
+        "database": {"backend": run.database.backend, "how": run.database.how},
         "registry": copied,
-        "baseline": baseline,
-        "slow_headers": slow,
-        "flood": flooded,
+        **phases,
         # API log lines at WARNING or above (the worker's shed/408 counts every 10 s among them)
-        "server_warnings": server_warnings,
+        "server_warnings": run.server_warnings,
     }
     report["verdicts"] = verdicts(report)
     report["pass"] = all(report["verdicts"].values())
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "overload.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def save(report: dict, args) -> None:
+    """overload.json and overload.md into args.out; the markdown on stdout."""
     markdown = to_markdown(report)
     if args.smoke:
         markdown = (
             "SMOKE RUN: small numbers, to check that the benchmark works; not figures.\n\n"
             + markdown
         )
-    (args.out / "overload.md").write_text(markdown)
+    write_results(args.out, "overload", report, markdown)
     print()
     print(markdown)
     print(f"saved {args.out / 'overload.json'} and {args.out / 'overload.md'}")
-    if args.smoke:  # the path must work; the figures of a few seconds decide nothing
-        if not flooded["answers_by_status"] or not slow["predict"]["count"]:
+
+
+def exit_status(report: dict, smoke_run: bool) -> int:
+    """0 when every acceptance point is met (1 otherwise); a smoke run only has to work."""
+    if smoke_run:  # the path must work; the figures of a few seconds decide nothing
+        if (
+            not report["flood"]["answers_by_status"]
+            or not report["slow_headers"]["predict"]["count"]
+        ):
             raise SystemExit("smoke run failed: no answers measured")
         return 0
     return 0 if report["pass"] else 1
 
 
+def main() -> int:
+    args = parse_args()
+    settings = Settings()
+    with Run("bench-overload-", keep_logs=args.keep_logs) as run:
+        phrases = load_phrases(MAX_WORDS)
+        # A smoke run trains tiny heads of its own when needed (a clean clone has no demo
+        # models); a real run measures the demo models of `make demo`.
+        database, copied = run.prepare_database(settings, smoke=args.smoke)
+        api = start_api(run, database, args.model, phrases)
+        phases = run_phases(api.port, phrases, args)
+        require_alive(run.servers)
+    report = make_report(args, run, copied, phases)
+    save(report, args)
+    return exit_status(report, args.smoke)
+
+
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; every server started was stopped")
-        sys.exit(130)
+    run_main(main)

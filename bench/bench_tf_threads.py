@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import smoke  # noqa: E402
+from bench.harness.results import write_results  # noqa: E402
 
 BATCHES = (8, 16, 32)
 PHRASES_PER_CALLER = 1536
@@ -51,7 +52,8 @@ def measure(
 ) -> dict[str, float]:
     """In this process: phrases/s per batch size with `callers` threads calling the encoder,
     each encoding its own `per_caller` phrases."""
-    from bench.bench_embedder import MAX_WORDS, load_phrases
+    from bench.bench_embedder import MAX_WORDS  # the embedder benchmark's phrases
+    from bench.harness.inputs import load_phrases
     from dc.config import Settings
     from dc.nlp.encoder import configure_tensorflow, load_encoder
 
@@ -123,10 +125,8 @@ def main() -> None:
         intra = row["intra_op"] or "default"
         inter = row["inter_op"] or "default"
         lines.append(f"| {intra} | {inter} | {row['callers']} | {cells} |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tf_threads.json").write_text(json.dumps(rows, indent=2) + "\n")
     markdown = smoke.mark("\n".join(lines) + "\n", args.smoke)
-    (args.out / "tf_threads.md").write_text(markdown)
+    write_results(args.out, "tf_threads", rows, markdown)
     print(markdown)
 
 

@@ -45,6 +45,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+# The region the benchmarks read the models from (the smoke models are trained into it).
+from bench.harness.database import REGION  # noqa: E402
 from dc.config import VAR_DIR, Settings  # noqa: E402
 
 SMOKE_DIR = VAR_DIR / "bench-smoke"
@@ -55,7 +57,6 @@ RESULTS = SMOKE_DIR / "results"
 LOGS = SMOKE_DIR / "logs"
 COMMITTED_RESULTS = REPO / "bench" / "results"
 READY = MODELS_DIR / "ready.json"  # written last: the models are complete
-REGION = "global"
 
 # model -> (labels, {file: (split, rows per label)}); the datasets' own splits, as the demo.
 SUBSETS = {
@@ -335,7 +336,7 @@ def run_all(serial: bool = False) -> int:
     Returns:
         0 when every benchmark passed and wrote its results, else 1 (130 when interrupted).
     """
-    from bench.bench_api import install_stop_handlers
+    from bench.harness.run import install_stop_handlers
 
     shutil.rmtree(SMOKE_DIR, ignore_errors=True)
     LOGS.mkdir(parents=True)

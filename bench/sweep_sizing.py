@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,20 +34,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import smoke  # noqa: E402
-from bench.bench_api import (  # noqa: E402
-    REGION,
-    Server,
-    free_port,
-    install_stop_handlers,
-    machine_info,
-    open_database,
-    prepare_registry,
-    run_wrk,
-    server_env,
-    start_server,
-    wait_until,
-)
-from bench.bench_embedder import ensure_wrk, load_phrases  # noqa: E402
+from bench.harness.database import Database  # noqa: E402
+from bench.harness.inputs import embed_bodies, load_phrases, predict_bodies, write_bodies  # noqa: E402
+from bench.harness.processes import Server  # noqa: E402
+from bench.harness.results import machine_info, timestamp, write_results  # noqa: E402
+from bench.harness.run import Run, app_settings, run_main  # noqa: E402
+from bench.harness.wrk import ensure_wrk, run_wrk  # noqa: E402
 from dc.config import Settings  # noqa: E402
 
 MODEL = "banking77"
@@ -160,17 +149,69 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def make_bodies(workdir: Path, requests: int) -> tuple[Path, Path]:
+    """The API's bodies: banking77's part of the stream `make loadtest` uses
+    (scripts/make_requests.py defaults); the embedder's: distinct phrases, every one a miss."""
+    subprocess.run(
+        [sys.executable, "scripts/make_requests.py", "--out-dir", str(workdir),
+         "--requests", str(requests)],
+        cwd=REPO, check=True, capture_output=True,
+    )  # fmt: skip
+    stream = [json.loads(line) for line in (workdir / "requests.jsonl").open()]
+    texts = (r["text"] for r in stream if r["model"] == MODEL)
+    api_bodies = write_bodies(workdir / "api.jsonl", predict_bodies(texts))
+    misses = write_bodies(workdir / "misses.jsonl", embed_bodies(load_phrases(12)))
+    return api_bodies, misses
+
+
+def api_point(
+    run: Run, wrk: str, database: Database, embedder: Server, bodies: Path, args, grid_point
+) -> dict:
+    """One API configuration (workers, threads), started fresh on the shared embedder."""
+    workers, threads = grid_point
+    api = run.start_api(
+        embedder, app_settings(database, workers, threads), [MODEL], name=f"api-{workers}x{threads}"
+    )
+    row = {"workers": workers, "threads": threads}
+    row.update(point(api, wrk, bodies, f"/predict/{MODEL}", args, workers))
+    print(f"api {workers}x{threads}: {row['requests_per_s']:.0f} req/s, "
+          f"p99 {row['p99_ms']:.1f} ms, errors {row['errors']}")  # fmt: skip
+    run.stop(api)
+    return row
+
+
+def sweep(run: Run, wrk: str, database: Database, bodies: dict[str, Path], args) -> dict:
+    """Every API point (on one embedder), then every embedder point, each started fresh.
+
+    --smoke: the embedder's one point is measured on the embedder the API points use,
+    started with that configuration (one start less); a real sweep starts each fresh.
+    """
+    embedder_grid = parse_grid(args.embedder)
+    shared = embedder_grid.pop(0) if args.smoke else None
+    embedder = run.start_embedder(settings=embedder_env(shared))
+    rows: dict[str, list[dict]] = {"api": [], "embedder": []}
+    for grid_point in parse_grid(args.api):
+        rows["api"].append(api_point(run, wrk, database, embedder, bodies["api"], args, grid_point))
+    if shared:
+        rows["embedder"].append(embedder_point(embedder, wrk, bodies["misses"], args, *shared))
+    run.stop(embedder)
+    for workers, threads in embedder_grid:
+        server = run.start_embedder(
+            f"embedder-{workers}x{threads}", embedder_env((workers, threads))
+        )
+        rows["embedder"].append(
+            embedder_point(server, wrk, bodies["misses"], args, workers, threads)
+        )
+        run.stop(server)
+    return rows
+
+
 def main() -> int:
     args = parse_args()
-    install_stop_handlers()
     wrk = ensure_wrk()
     settings = Settings()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-sizing-"))
-    servers: list[Server] = []
-    database = None
-    gunicorn = [sys.executable, "-m", "gunicorn"]
     report: dict = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "when": timestamp(),
         "smoke": args.smoke,
         "machine": machine_info(),
         "seconds": args.seconds,
@@ -179,103 +220,15 @@ def main() -> int:
         "api": [],
         "embedder": [],
     }
-    try:
-        # The stream `make loadtest` uses (scripts/make_requests.py defaults), banking77's part.
-        subprocess.run(
-            [sys.executable, "scripts/make_requests.py", "--out-dir", str(workdir),
-             "--requests", str(args.requests)],
-            cwd=REPO, check=True, capture_output=True,
-        )  # fmt: skip
-        stream = [json.loads(line) for line in (workdir / "requests.jsonl").open()]
-        api_bodies = workdir / "api.jsonl"
-        api_bodies.write_text(
-            "".join(json.dumps({"text": r["text"]}) + "\n" for r in stream if r["model"] == MODEL)
-        )
-        misses = workdir / "misses.jsonl"
-        misses.write_text("".join(json.dumps({"texts": [p]}) + "\n" for p in load_phrases(12)))
+    # Its work folder goes only after a complete run: a failed one keeps the servers' logs
+    # (make test runs this often).
+    with Run("bench-sizing-") as run:
+        api_bodies, misses = make_bodies(run.workdir, args.requests)
+        database, _ = run.prepare_database(settings, smoke=args.smoke)
+        report.update(sweep(run, wrk, database, {"api": api_bodies, "misses": misses}, args))
 
-        registry_file = smoke.ensure_models() if args.smoke else None
-        database = open_database(workdir)
-        prepare_registry(database, workdir, settings, registry_file)
-
-        embedder_grid = parse_grid(args.embedder)
-        # --smoke: the embedder's one point is measured on the embedder the API points use,
-        # started with that configuration (one start less); a real sweep starts each fresh.
-        shared = embedder_grid.pop(0) if args.smoke else None
-        embedder_port = free_port()
-        embedder = start_server(
-            "embedder",
-            [*gunicorn, "-c", "embedder/gunicorn.conf.py"],
-            {**server_env(), "DC_EMBEDDER_PORT": str(embedder_port), **embedder_env(shared)},
-            embedder_port,
-            workdir,
-        )
-        servers.append(embedder)
-        wait_until(embedder, "/ready", lambda status, _: status == 200)
-
-        for workers, threads in parse_grid(args.api):
-            port = free_port()
-            env = {
-                **server_env(),
-                "DC_API_WORKERS": str(workers),
-                "DC_API_THREADS": str(threads),
-                "DC_API_PORT": str(port),
-                "DC_EMBEDDER_MODE": "remote",
-                "DC_EMBEDDER_URL": f"http://127.0.0.1:{embedder_port}",
-                "DC_DATABASE_URL": database.url,
-                "DC_SPOOL_DIR": str(workdir / f"spool-{port}"),
-                "DC_SERVING_REGION": REGION,
-                "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"metrics-{port}"),
-            }
-            api = start_server(
-                f"api-{workers}x{threads}", [*gunicorn, "-c", "api/gunicorn.conf.py"], env, port,
-                workdir,
-            )  # fmt: skip
-            servers.append(api)
-            wait_until(api, "/ready", lambda s, b: s == 200 and MODEL in json.loads(b)["models"])
-            row = {"workers": workers, "threads": threads}
-            row.update(point(api, wrk, api_bodies, f"/predict/{MODEL}", args, workers))
-            print(f"api {workers}x{threads}: {row['requests_per_s']:.0f} req/s, "
-                  f"p99 {row['p99_ms']:.1f} ms, errors {row['errors']}")  # fmt: skip
-            report["api"].append(row)
-            api.stop()
-            servers.remove(api)
-        if shared:
-            report["embedder"].append(embedder_point(embedder, wrk, misses, args, *shared))
-        embedder.stop()
-        servers.remove(embedder)
-
-        for workers, threads in embedder_grid:
-            port = free_port()
-            env = {
-                **server_env(),
-                **embedder_env((workers, threads)),
-                "DC_EMBEDDER_PORT": str(port),
-            }
-            server = start_server(
-                f"embedder-{workers}x{threads}",
-                [*gunicorn, "-c", "embedder/gunicorn.conf.py"],
-                env,
-                port,
-                workdir,
-            )
-            servers.append(server)
-            wait_until(server, "/ready", lambda status, _: status == 200)
-            report["embedder"].append(embedder_point(server, wrk, misses, args, workers, threads))
-            server.stop()
-            servers.remove(server)
-    finally:
-        for server in reversed(servers):
-            server.stop()
-        if database is not None and database.drop is not None:
-            database.drop()
-    # Only after a complete run: a failed one keeps the servers' logs (make test runs this often).
-    shutil.rmtree(workdir, ignore_errors=True)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sizing.json").write_text(json.dumps(report, indent=2) + "\n")
     markdown = smoke.mark(to_markdown(report), args.smoke)
-    (args.out / "sizing.md").write_text(markdown)
+    write_results(args.out, "sizing", report, markdown)
     plot(report, args.out / "sizing.png")
     print()
     print(markdown)
@@ -289,4 +242,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
