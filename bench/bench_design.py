@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from bench import smoke  # noqa: E402
 from bench.harness.client import ApiCounters, http_call, warm_api  # noqa: E402
-from bench.harness.database import REGION, Database, count_rows  # noqa: E402
+from bench.harness.database import REGION, Database, count_rows, record_and_promote  # noqa: E402
 from bench.harness.processes import Server, wait_ready  # noqa: E402
 from bench.harness.results import machine_info, timestamp, write_results  # noqa: E402
 from bench.harness.run import Run, app_settings, run_main  # noqa: E402
@@ -95,7 +95,6 @@ def register_copies(
     database: Database, copies: int, settings: Settings, workdir: Path
 ) -> list[str]:
     """Register and promote m01..mNN: copies of the demo models' promoted rows (same folders)."""
-    from dc import promotion
     from persistence import registry
     from persistence.db import make_engine, session_factory
 
@@ -120,22 +119,7 @@ def register_copies(
             manifest["name"] = name
             (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
             (folder / "models").symlink_to(source / "models")
-            with factory() as session:
-                registry.record_version(
-                    session,
-                    name=name,
-                    region=REGION,
-                    version=row.version,
-                    metrics=row.metrics,
-                    embedder_fingerprint=row.embedder_fingerprint,
-                    artifact_uri=folder.as_uri(),
-                    config=row.config,
-                )
-            with factory() as session:
-                promotion.promote(
-                    session, name, REGION, row.version,
-                    tolerance=settings.promotion_tolerance, force=True,
-                )  # fmt: skip
+            record_and_promote(factory, name, row, folder.as_uri(), settings)
             names.append(name)
     finally:
         engine.dispose()

@@ -84,7 +84,7 @@ TARGET_HEALTH_P99_S = 0.100
 LAG_PROBE_S = 0.01  # the flood client's probe of its own event loop's delay
 
 
-# --- load generators (also used by tests/service/test_overload_service.py) ------------------------------
+# --- load generators (also used by tests/service/test_overload_service.py) --------------------
 
 
 async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:

@@ -142,7 +142,8 @@ def create_app(settings: Settings | None = None, engine: LocalEmbedder | None = 
     @app.get("/metrics")
     def prometheus_metrics():
         """Prometheus metrics: requests, stage latency, batch sizes, cache and queue."""
-        return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: Flask would add a second "; charset=utf-8"
+        return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -139,7 +139,6 @@ def prepare_registry(
 
 def _copy_promoted(source, target, name: str, source_file: Path, settings: Settings) -> dict:
     """Record `name`'s promoted version of the `source` registry in `target`, and promote it."""
-    from dc import promotion
     from persistence import registry
 
     with source() as session:
@@ -153,8 +152,25 @@ def _copy_promoted(source, target, name: str, source_file: Path, settings: Setti
     row = promoted[0]
     with target() as session:
         existing = {r.version for r in registry.list_versions(session, name, REGION)}
-    if row.version not in existing:
-        with target() as session:
+    record_and_promote(
+        target, name, row, row.artifact_uri, settings, record=row.version not in existing
+    )
+    # Reported relative to the checkout: a results file names no machine's folders.
+    artifact = row.artifact_uri.replace(f"file://{REPO}/", "")
+    return {"model": name, "version": row.version, "artifact": artifact}
+
+
+def record_and_promote(
+    sessions, name: str, row, artifact_uri: str, settings: Settings, *, record: bool = True
+) -> None:
+    """Record `row` (a registry row of another database) as `name` with `artifact_uri` in the
+    registry of `sessions` (unless `record` is false: it is there already), then promote it,
+    forced."""
+    from dc import promotion
+    from persistence import registry
+
+    if record:
+        with sessions() as session:
             registry.record_version(
                 session,
                 name=name,
@@ -162,10 +178,10 @@ def _copy_promoted(source, target, name: str, source_file: Path, settings: Setti
                 version=row.version,
                 metrics=row.metrics,
                 embedder_fingerprint=row.embedder_fingerprint,
-                artifact_uri=row.artifact_uri,
+                artifact_uri=artifact_uri,
                 config=row.config,
             )
-    with target() as session:
+    with sessions() as session:
         promotion.promote(
             session,
             name,
@@ -174,9 +190,6 @@ def _copy_promoted(source, target, name: str, source_file: Path, settings: Setti
             tolerance=settings.promotion_tolerance,
             force=True,
         )
-    # Reported relative to the checkout: a results file names no machine's folders.
-    artifact = row.artifact_uri.replace(f"file://{REPO}/", "")
-    return {"model": name, "version": row.version, "artifact": artifact}
 
 
 def count_rows(url: str) -> int:

@@ -30,10 +30,10 @@ from dc.nlp.validation import blank_kind, max_body_bytes
 from persistence.db import make_engine
 from persistence.models import Base, Inference
 from tests import heads_support
-from tests.service import test_api_service as stack
 from tests.conftest import REPO
 from tests.heads_support import register_versions
 from tests.openapi_support import validating_session
+from tests.service import test_api_service as stack
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 

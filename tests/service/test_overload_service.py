@@ -14,8 +14,8 @@ import pytest
 
 from bench.bench_overload import InProcess, flood, no_gc, slow_headers, timed_call
 from tests import heads_support
-from tests.service import test_api_service as service
 from tests.heads_support import register_versions
+from tests.service import test_api_service as service
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
