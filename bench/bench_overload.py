@@ -1,5 +1,5 @@
 """Overload benchmark of the prediction API: slow clients and a flood of new phrases, against the
-acceptance figures of the services' gunicorn worker (web/worker.py).
+acceptance figures of the services' gunicorn worker (web/worker/).
 
 Acceptance:
   A. 200 connections that send their headers a byte at a time (a few bytes, then one a second)

@@ -104,7 +104,7 @@ class _EmbeddingSettings(BaseSettings):
 class Settings(_EmbeddingSettings):
     """All configuration, with defaults that run the whole product on one machine."""
 
-    # --- both web services: the gunicorn worker (web/worker.py) ------------------------------
+    # --- both web services: the gunicorn worker (web/worker/) -------------------------------
     request_read_timeout_s: float = Field(
         10.0,
         gt=0,
