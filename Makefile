@@ -43,7 +43,7 @@ test: setup ## Set up, check the layer contracts, run every test (the fast tier 
 	$(PY) -m pytest -m "slow or db"
 	$(MAKE) --no-print-directory bench-smoke
 
-test-fast: ## The tests that load no TensorFlow and start no server or database (under a minute)
+test-fast: setup ## The tests that load no TensorFlow and start no server or database (under a minute)
 	$(PY) -m pytest -m "not slow and not db" --forbid-tensorflow
 
 # What `make bench` runs, in order (bench/<name>.py). A missed target (exit status 1) does not
@@ -61,7 +61,7 @@ bench: setup demo ## Encoder, embedder, heads, API, design a-e, sizing, overload
 bench-smoke: setup ## Every benchmark's --smoke run, two at a time (~2 min); writes var/bench-smoke/
 	$(PY) bench/smoke.py --run
 
-lint: ## ruff check and format check, and the layer contracts (import-linter)
+lint: setup ## ruff check and format check, and the layer contracts (import-linter)
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
