@@ -6,8 +6,9 @@ Acceptance:
      for 60 s: a normal client's /predict and /health each answer within 1 s, every time.
   B. 512 connections sending single texts never seen before (every one an encoder miss) for
      20 s: /health p99 under 100 ms; the requests that wait for a thread longer than
-     DC_MAX_QUEUE_WAIT_MS get 429 with Retry-After, within that bound (plus the loop's own
-     delay, reported); after the load, normal requests answer at their usual latency within 5 s.
+     DC_MAX_QUEUE_WAIT_MS get 429 with Retry-After, within that bound as the client sees it
+     (p99; the client's own loop delay, which is part of it, is reported); after the load,
+     normal requests answer at their usual latency within 5 s.
 
 What one run does:
   1. The database and the registry as bench/bench_api.py sets them up (bench/harness/: a scratch
@@ -421,10 +422,8 @@ def verdicts(report: dict) -> dict[str, bool]:
         and (fl["health"]["p99_ms"] or 0) < 1000 * TARGET_HEALTH_P99_S,
         "flood: requests past the bound shed with 429/503 + Retry-After": shed["count"] > 0
         and shed["without_retry_after"] == 0,
-        # The shed answer leaves when the wait reaches the bound; the client's and the event
-        # loop's own delays come on top (the p50 and max are reported beside it).
-        "flood: shed answers within the bound + 100 ms (p99)": (shed["p99_ms"] or 0)
-        <= bound_ms + 100,
+        # As the client sees it: its own loop's delay included (reported beside it).
+        "flood: shed answers within the bound (p99)": (shed["p99_ms"] or 0) <= bound_ms,
         "after: normal latency within 5 s of the load": after["failures"] == 0
         and after["count"] > 0
         and (after["max_ms"] or 0) <= max(5 * baseline, 1000.0),

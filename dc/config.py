@@ -117,11 +117,13 @@ class Settings(_EmbeddingSettings):
     max_queue_wait_ms: float = Field(
         500.0,
         gt=0,
-        description="Load shedding: longest a complete request may wait for a free request "
-        "thread. When it has waited that long, the worker's event loop answers it 429 "
-        "`overloaded` with Retry-After and closes the connection (GET/HEAD of /health, /ready "
-        "and /metrics have two threads of their own and are never shed). Lower: less latency "
-        "under overload, more 429s in bursts.",
+        description="Load shedding: longest a client waits for its 429 when no request thread "
+        "is free. A complete request that has waited for a thread this long less a reserve of "
+        "200 ms (at most half the bound) for the rest of its way (the loop's turn, the send) "
+        "is answered 429 `overloaded` with Retry-After by the worker's event loop, which then "
+        "closes the connection (GET/HEAD of /health, /ready and /metrics have two threads of "
+        "their own and are never shed). Lower: less latency under overload, more 429s in "
+        "bursts.",
     )
 
     # --- the client (dc.nlp.embeddings) ----------------------------------------------------------

@@ -31,6 +31,13 @@ from web.worker.loop import ConnectionLoop
 from web.worker.responses import REASONS, classify_error, envelope_response
 
 PRIORITY_THREADS = 2
+# The bound is on the client's whole wait for its 429, and part of that wait is spent outside
+# the queue: in the socket until the loop's turn reads the request, in the turn itself, and in
+# sending the answer. Under a flood of new phrases those took 50-150 ms on two shared cores
+# (bench/bench_overload.py, 500 ms bound: 429s at p99 594 ms, max 652, when shed at the bound;
+# p99 490, max 559, with a 150 ms reserve), so a request is shed once it has waited the bound
+# less this reserve (at most half the bound).
+SHED_RESERVE_S = 0.2
 
 
 class RequestDispatcher(ConnectionLoop):
@@ -40,7 +47,8 @@ class RequestDispatcher(ConnectionLoop):
     # --- set-up ---------------------------------------------------------------------------------
 
     def _init_requests(self, settings) -> None:
-        self.max_wait_s = settings.max_queue_wait_ms / 1000.0
+        bound_s = settings.max_queue_wait_ms / 1000.0
+        self.shed_after_s = bound_s - min(SHED_RESERVE_S, bound_s / 2)
         self.retry_after_s = settings.retry_after_s
         self._shed_message = f"the server is overloaded; retry after {self.retry_after_s} s"
         self.framer = Framer(
@@ -167,9 +175,10 @@ class RequestDispatcher(ConnectionLoop):
     # --- shedding -------------------------------------------------------------------------------
 
     def _shed(self, now: float) -> None:
-        """Answer 429 to every queued request that has waited for a thread past the bound."""
+        """Answer 429 to every queued request that has waited for a thread past the bound (less
+        the reserve)."""
         waiting = self._waiting
-        limit = now - self.max_wait_s
+        limit = now - self.shed_after_s
         while waiting:
             queued_at, conn, future = waiting[0]
             if conn.future is not future or conn.started:

@@ -153,8 +153,8 @@ class BufferedThreadWorker(RequestDispatcher):
         for timers in (self._read_timers, self._idle_timers, self._close_timers):
             if timers and timers[0][0] < wake:
                 wake = timers[0][0]
-        if self._waiting and self._waiting[0][0] + self.max_wait_s < wake:
-            wake = self._waiting[0][0] + self.max_wait_s
+        if self._waiting and self._waiting[0][0] + self.shed_after_s < wake:
+            wake = self._waiting[0][0] + self.shed_after_s
         return wake
 
     def _log_stats(self, now: float) -> None:
