@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 from flask import g, request
 
@@ -13,13 +14,19 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def new_request_id() -> str:
-    """A fresh request id: 128 bits from the OS's CSPRNG, as 32 hex digits (about 0.6 us).
+    """A fresh request id, 32 hex digits: the time in milliseconds (48 bits), then 80 bits from
+    the OS's CSPRNG (the layout of a UUIDv7, without its version bits; about 1 us).
 
     The inference log's key, so it must be unguessable: an id a client could predict (a
     per-process prefix plus a counter, say) would let it claim another request's key in
-    advance and have that request's rows dropped as duplicates.
+    advance and have that request's rows dropped as duplicates; 80 random bits cannot be
+    guessed. The time first keeps the keys in the order they are made, so PostgreSQL adds
+    each to the right-hand edge of the primary key's B-tree instead of all over it. Measured
+    on this machine (local PostgreSQL 15, a (request_id, item) key as `inferences`'): 3 M
+    rows into an empty table took 21.5 s with 32 random hex digits and 9.6 s with this
+    layout; 1 M more on top, 12.7 s against 3.5 s; the index, 223 MB against 169 MB.
     """
-    return os.urandom(16).hex()
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 def request_id() -> str:
