@@ -43,6 +43,25 @@ def make_engine(url: str, **engine_kwargs: Any) -> Engine:
     return create_engine(parsed, **options)
 
 
+def is_reachable(url: str, timeout_s: int = 3) -> bool:
+    """Whether a database at `url` accepts a connection within `timeout_s` (PostgreSQL).
+
+    For the tools that need a PostgreSQL and look for one (the tests, the image smoke test):
+    no pool, nothing kept open, a driver error is an answer (False), not an exception.
+    """
+    from sqlalchemy import exc
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": timeout_s})
+    try:
+        with engine.connect():
+            return True
+    except exc.DBAPIError:
+        return False
+    finally:
+        engine.dispose()
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """A `sessionmaker` bound to `engine` whose objects stay readable after commit.
 

@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from dc.config import Settings
+from persistence.db import is_reachable
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -175,20 +176,6 @@ def run_gunicorn(
 # --- PostgreSQL (persistence tests, marked `db`) ------------------------------------------------
 
 
-def _pg_reachable(url: str) -> bool:
-    from sqlalchemy import create_engine, exc
-    from sqlalchemy.pool import NullPool
-
-    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect():
-            return True
-    except exc.DBAPIError:
-        return False
-    finally:
-        engine.dispose()
-
-
 def _postgres_bin() -> Path:
     """The newest installed PostgreSQL's bin folder; installs the server with apt when absent.
 
@@ -306,7 +293,7 @@ def pg_url():
         "DC_TEST_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
     )
     with ExitStack() as stack:
-        if not _pg_reachable(admin):
+        if not is_reachable(admin):
             admin = stack.enter_context(_throwaway_cluster())
         name = f"dc_test_{os.getpid()}_{secrets.token_hex(4)}"
         engine = create_engine(admin, isolation_level="AUTOCOMMIT")
