@@ -314,28 +314,16 @@ def check_image(report: Report, buildah: Buildah, target: str, labels: dict[str,
 # --- the database ---------------------------------------------------------------------------
 
 
-def reachable(url: str) -> bool:
-    from sqlalchemy import create_engine, exc
-    from sqlalchemy.pool import NullPool
-
-    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect():
-            return True
-    except exc.DBAPIError:
-        return False
-    finally:
-        engine.dispose()
-
-
 def scratch_database(stack: ExitStack) -> tuple[str, str]:
     """A fresh database, dropped on exit, on the server the tests use; returns (url, where)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
+    from persistence.db import is_reachable
+
     admin = os.environ.get("DC_TEST_DATABASE_URL", LOCAL_POSTGRES)
     where = f"the server at {make_url(admin).render_as_string(hide_password=True)}"
-    if not reachable(admin):
+    if not is_reachable(admin):
         from tests.conftest import PgCluster
 
         cluster = PgCluster()

@@ -393,7 +393,7 @@ def test_the_settings_an_operator_sets_are_passed_through():
 def test_the_readme_lists_every_service_with_its_ports_and_volumes():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     match = re.search(r"^## Deploy\n(.*?)(?=^## |\Z)", readme, re.M | re.S)
-    assert match, "README.md has no '## Deploy' section (its text is deployment/DEPLOY.md)"
+    assert match, "README.md has no '## Deploy' section"
     rows = {
         row.split("|")[1].strip().strip("`"): row
         for row in match.group(1).splitlines()
