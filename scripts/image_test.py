@@ -14,9 +14,9 @@ What it does, timing each step (logs of every command in var/image-test/logs/):
    --isolation chroot --storage-driver vfs --pull=never`, docker format so that HEALTHCHECK is
    kept), tagged dc-api:test, dc-embedder:test, dc-trainer:test, with the build args VERSION
    (pyproject.toml), GIT_REVISION (git HEAD) and EMBEDDER_FINGERPRINT (the fingerprint of the
-   installed weights package, as `make export` computes it). No layer cache unless --cache:
-   vfs keeps a full copy of the file system for every cached step (about 40 GB for the three
-   images), where an uncached build keeps only the images (about 8 GB);
+   installed weights package, as `make export` computes it). No layer cache: vfs keeps a full
+   copy of the file system for every cached step (about 40 GB for the three images), where an
+   uncached build keeps only the images (about 8 GB), so every run builds all three;
 4. checks each image: its user (uid 10001), entrypoint (tini), labels, HEALTHCHECK, stop signal
    and ports, and inside it: no compiler, and no TensorFlow in the API image once
    pyproject.toml has the `encoder` extra (TensorFlow must be there in the other two);
@@ -38,9 +38,10 @@ What it does, timing each step (logs of every command in var/image-test/logs/):
    (1: a check failed, 2: a tool is missing).
 
 Every process started is stopped on exit, Ctrl-C included. `--fresh` removes the image store
-(var/image-test/storage: the base, the images, any cache) first; `--clean` only removes
-var/image-test/ and exits. Measured on a 2-core machine: 19 minutes from nothing (base 40 s,
-builds of 1.3, 4.7 and 5.9 minutes, the demo models 4 minutes, the rest a few seconds each).
+(var/image-test/storage: the base and the images) first; `--clean` only removes
+var/image-test/ and exits. Measured on a 2-core machine: 19-20 minutes, from nothing or with
+the base made (base 40 s; builds of 1.2-1.3, 3.5-4.7 and 5.9-6.8 minutes; the demo models 4-6
+minutes; the rest a few seconds each).
 """
 
 from __future__ import annotations
@@ -235,14 +236,17 @@ def split_landed() -> bool:
     return "encoder" in project.get("optional-dependencies", {})
 
 
-def build(buildah: Buildah, target: str, args: dict[str, str], cache: bool) -> None:
+def build(buildah: Buildah, target: str, args: dict[str, str]) -> None:
+    """`buildah bud` of one target. No layer cache: vfs keeps a full copy of the file system
+    for every cached step (about 40 GB for the three images), where an uncached build keeps
+    only the images."""
     build_args = [item for key, value in args.items() for item in ("--build-arg", f"{key}={value}")]
     buildah.run(
         "bud",
         "--isolation",
         "chroot",
         "--pull=never",
-        f"--layers={str(cache).lower()}",
+        "--layers=false",
         "--force-rm",  # no working container left behind by a failed step
         "--format",
         "docker",
@@ -713,14 +717,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--fresh",
         action="store_true",
-        help="remove the image store first (base, layers, images): a cold build",
-    )
-    parser.add_argument(
-        "--cache",
-        action="store_true",
-        help="keep every build step as a cached layer (buildah --layers): a build with nothing "
-        "changed then takes seconds, but the store grows to about 40 GB, as vfs keeps a full "
-        "copy of the file system per step",
+        help="remove the image store first (the stand-in base and the images)",
     )
     parser.add_argument("--clean", action="store_true", help="remove var/image-test/ and exit")
     return parser.parse_args()
@@ -760,7 +757,7 @@ def main() -> int:
             report.facts["build_args"] = labels
             for target in TARGETS:
                 with report.step(f"build {target}"):
-                    build(buildah, target, labels, cache=args.cache)
+                    build(buildah, target, labels)
                 check_image(report, buildah, target, labels)
             smoke(report, buildah, stack)
     except Failed as failure:
