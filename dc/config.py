@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VAR_DIR = REPO_ROOT / "var"
@@ -155,6 +156,12 @@ class Settings(_EmbeddingSettings):
         "and the inference log (PostgreSQL in production: postgresql+psycopg2://...). Empty: a "
         "SQLite file at var/dc.sqlite, the embedded default.",
     )
+    database_password: str = Field(
+        "",
+        description="Password of DC_DATABASE_URL's user, kept out of the URL so that a secret "
+        "store can inject it alone (ECS from Secrets Manager: deployment/terraform/). A "
+        "secret: no default; empty: the URL's own password, if any.",
+    )
     db_retries: int = Field(
         3, ge=0, description="Retries of a database query on transient errors (lost connection)."
     )
@@ -272,8 +279,14 @@ class Settings(_EmbeddingSettings):
 
     @property
     def database_url_or_default(self) -> str:
-        """The configured database URL, or the embedded SQLite file."""
-        return self.database_url or f"sqlite:///{VAR_DIR / 'dc.sqlite'}"
+        """The configured database URL (with DC_DATABASE_PASSWORD in it when set), or the
+        embedded SQLite file."""
+        if not self.database_url:
+            return f"sqlite:///{VAR_DIR / 'dc.sqlite'}"
+        if not self.database_password:
+            return self.database_url
+        url = make_url(self.database_url).set(password=self.database_password)
+        return url.render_as_string(hide_password=False)
 
     @model_validator(mode="after")
     def _request_fits_queue(self) -> Settings:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
 from dc.config import get_settings
@@ -18,6 +19,9 @@ from persistence.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+# PostgreSQL advisory lock key that serialises migrations (any 64-bit constant of this project's
+# own): every API task migrates at start, and a first deployment starts several at once.
+MIGRATION_LOCK_KEY = 0x64630000_6D696772
 
 # The alembic command line configures logging from alembic.ini; a programmatic upgrade keeps the
 # caller's logging (fileConfig would disable every logger that already exists).
@@ -61,6 +65,12 @@ def run_migrations_online() -> None:
                 compare_type=True,
             )
             with context.begin_transaction():
+                if connection.dialect.name == "postgresql":
+                    # Held to the commit: a second migrator waits here, then finds the schema
+                    # at head and has nothing to do.
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                    )
                 context.run_migrations()
     finally:
         engine.dispose()

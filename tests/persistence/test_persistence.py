@@ -80,6 +80,41 @@ def test_alembic_creates_and_drops_both_tables_on_postgresql(pg_migrated):
         engine.dispose()
 
 
+@pytest.mark.db
+def test_api_tasks_starting_together_migrate_a_new_database_once(pg_url):
+    # Every API task runs `alembic upgrade head` at start (deployment/docker/boot.sh), and a
+    # first deployment starts several at once: they must queue on the migration lock, not
+    # fail on each other's CREATE TABLE.
+    import secrets
+
+    from sqlalchemy.engine import make_url
+
+    server = make_url(pg_url).set(database="postgres")
+    name = f"dc_concurrent_{secrets.token_hex(4)}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    try:
+        # Processes, as tasks are (Alembic's context is process-global).
+        code = "import sys; from persistence.db import upgrade; upgrade(sys.argv[1])"
+        tasks = [
+            subprocess.Popen([sys.executable, "-c", code, url], cwd=REPO, stderr=subprocess.PIPE)
+            for _ in range(4)
+        ]
+        failures = [task.stderr.read().decode()[-400:] for task in tasks if task.wait(120)]
+        assert not failures
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+        engine.dispose()
+        assert len(versions) == 1
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def test_alembic_creates_both_tables_on_a_new_sqlite_file(tmp_path):
     url = f"sqlite:///{tmp_path / 'not' / 'yet' / 'dc.sqlite'}"
     upgrade(url)  # the folder is created
