@@ -1,13 +1,12 @@
 """docker-compose.yml is the stack the README describes, with the settings' own defaults.
 
-Read with PyYAML and the compose check of scripts/image_lint.py (what `make image-lint` runs);
+Read with PyYAML and the compose check of scripts/deploy_lint.py (what `make deploy-lint` runs);
 no Docker. Where the compose file relies on the images (stage names, the probe, the volume
 paths), it is checked against deployment/docker/Dockerfile and boot.sh.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
@@ -18,20 +17,12 @@ from pydantic import TypeAdapter
 
 from dc.config import REPO_ROOT, Settings
 from tests.conftest import REPO
+from tests.deploy_support import deploy_lint as lint
 
 DOCKERFILE = REPO / "deployment" / "docker" / "Dockerfile"
 BOOT_SCRIPT = REPO / "deployment" / "docker" / "boot.sh"
 
 
-def _load_image_lint():
-    """scripts/ is not a package: load image_lint.py by path."""
-    spec = importlib.util.spec_from_file_location("image_lint", REPO / "scripts" / "image_lint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-lint = _load_image_lint()
 COMPOSE = lint.load_compose()
 SERVICES = COMPOSE["services"]
 

