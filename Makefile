@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup export demo train run run-api run-embedder replay-spool loadtest test test-fast deploy-lint image-test bench bench-smoke lint format golden clean
+.PHONY: help setup export demo train run run-api run-embedder replay-spool loadtest test test-fast deploy-lint terraform-moto image-test bench bench-smoke lint format golden clean
 
 help: ## List the targets with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,7 @@ loadtest: setup ## JMeter load test of the running API (make run first); writes 
 test: setup ## Set up, check the layer contracts and the deployment's files, run every test (the fast tier first), then every benchmark's smoke run (what CI runs)
 	$(VENV)/bin/lint-imports --no-cache
 	$(MAKE) --no-print-directory deploy-lint
+	$(MAKE) --no-print-directory terraform-moto
 	$(MAKE) --no-print-directory test-fast
 	$(PY) -m pytest -m "slow or db"
 	$(MAKE) --no-print-directory bench-smoke
@@ -49,6 +50,9 @@ test-fast: setup ## The tests that load no TensorFlow and start no server or dat
 
 deploy-lint: setup ## hadolint, checkov on deployment/, docker-compose.yml against the Compose spec, terraform fmt/validate/test (tools installed into var/tools/ on first use)
 	$(PY) scripts/deploy_lint.py
+
+terraform-moto: setup ## (needs terraform, about 2.5 min) terraform apply of deployment/terraform/ against moto's server mode; writes var/terraform-moto/summary.{json,md}
+	$(PY) scripts/terraform_moto.py
 
 image-test: setup ## (slow, needs buildah and mmdebstrap) build the three images and smoke-test the API and the embedder from them
 	$(PY) scripts/image_test.py

@@ -64,6 +64,9 @@ resource "aws_s3_bucket_logging" "artifacts" {
   bucket        = aws_s3_bucket.artifacts.id
   target_bucket = aws_s3_bucket.logs.id
   target_prefix = "s3/${local.artifacts_bucket}/"
+
+  # S3 checks that the log bucket's policy lets the logging service write.
+  depends_on = [aws_s3_bucket_policy.bucket]
 }
 
 resource "aws_s3_bucket_lifecycle_configuration" "artifacts" {
