@@ -25,6 +25,12 @@ _OPERATIONS: dict[tuple[str, str], tuple[str, int, str, tuple[int, ...]]] = {
         "PredictResponse",
         (400, 404, 409, 413, 415, 422, 429, 503),
     ),
+    ("/feedback", "post"): (
+        "outcomes.record_feedback",
+        200,
+        "FeedbackResponse",
+        (400, 401, 403, 404, 413, 415, 422),
+    ),
     ("/models", "get"): ("models.list_models", 200, "ModelList", ()),
     ("/models/{model}", "get"): ("models.describe_model", 200, "ModelDetail", (404,)),
     ("/health", "get"): ("operations.health", 200, "Health", ()),
@@ -53,14 +59,15 @@ _OPERATIONS: dict[tuple[str, str], tuple[str, int, str, tuple[int, ...]]] = {
 
 _REASONS = {
     400: "The body is not valid JSON.",
-    401: "The admin token is missing or wrong.",
-    403: "The admin endpoints are disabled (no DC_ADMIN_TOKEN).",
-    404: "Unknown model (or version).",
+    401: "The admin (or feedback) token is missing or wrong.",
+    403: "The admin endpoints (or /feedback) are disabled (no DC_ADMIN_TOKEN, DC_FEEDBACK_TOKEN).",
+    404: "Unknown model (or version; for feedback: no such served prediction).",
     409: "The model's head was trained on another embedder, or the promotion rule refused.",
     413: "Too many texts, or a body over the size limit.",
     415: "The body is not declared as application/json.",
     422: "The body breaks a rule: missing, empty or whitespace-only text, wrong types, a text "
-    "over the limit, unknown fields, k out of range.",
+    "over the limit, unknown fields, k out of range; a feedback label outside its version's "
+    "classes.",
     429: "The embedder's queue is full: retry after Retry-After seconds.",
     503: "The embedder or the models are not available (texts in the phrase cache still "
     "work): retry after Retry-After seconds.",
@@ -112,9 +119,100 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                         "message": {"type": "string"},
                         "status": {"type": "integer", "minimum": 400, "maximum": 599},
                         "request_id": {"type": "string"},
+                        "items": {
+                            "description": "A refused batch's per-item errors (nothing of it "
+                            "was written).",
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["index", "code", "message"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "index": {"type": "integer", "minimum": 0},
+                                    "code": {"type": "string"},
+                                    "message": {"type": "string"},
+                                },
+                            },
+                        },
                     },
                 }
             },
+        },
+        "FeedbackItem": {
+            "type": "object",
+            "required": ["request_id", "item", "label"],
+            "additionalProperties": False,
+            "properties": {
+                "request_id": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 64,
+                    "description": "The prediction's request_id (its answer's X-Request-ID).",
+                },
+                "item": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "The prediction's index in its request (0 for one text).",
+                },
+                "label": {"type": "string", "minLength": 1, "maxLength": 200},
+                "source": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 100,
+                    "default": "api",
+                    "description": "Who says so; one label per prediction and source.",
+                },
+                "time": {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "When the truth was known (default: now).",
+                },
+            },
+        },
+        "FeedbackRequest": {
+            "description": 'One feedback item, or {"items": [...]} (all or nothing, at most '
+            f"{settings.max_feedback_items}).",
+            "oneOf": [
+                ref("FeedbackItem"),
+                {
+                    "type": "object",
+                    "required": ["items"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "items": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": settings.max_feedback_items,
+                            "items": ref("FeedbackItem"),
+                        }
+                    },
+                },
+            ],
+        },
+        "FeedbackRecorded": {
+            "type": "object",
+            "required": ["request_id", "item", "source", "label", "model", "version", "status"],
+            "additionalProperties": False,
+            "properties": {
+                "request_id": {"type": "string"},
+                "item": {"type": "integer"},
+                "source": {"type": "string"},
+                "label": {"type": "string"},
+                "model": {"type": "string"},
+                "version": {"type": "string"},
+                "status": {"enum": ["created", "updated", "unchanged"]},
+            },
+        },
+        "FeedbackResponse": {
+            "oneOf": [
+                ref("FeedbackRecorded"),
+                {
+                    "type": "object",
+                    "required": ["items"],
+                    "additionalProperties": False,
+                    "properties": {"items": {"type": "array", "items": ref("FeedbackRecorded")}},
+                },
+            ]
         },
         "PredictRequest": {
             "description": 'Either {"text": "..."} or {"texts": ["...", ...]}; texts must not '
@@ -316,6 +414,12 @@ def build_spec(app: Flask, settings: Settings) -> dict[str, Any]:
             ]
         if path.startswith("/admin"):
             operation["security"] = [{"adminToken": []}]
+        if endpoint == "outcomes.record_feedback":
+            operation["security"] = [{"feedbackToken": []}]
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("FeedbackRequest")}},
+            }
         if endpoint == "predictions.predict_route":
             operation["requestBody"] = {
                 "required": True,
@@ -341,7 +445,10 @@ def build_spec(app: Flask, settings: Settings) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": _schemas(settings),
-            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "adminToken": {"type": "http", "scheme": "bearer"},
+                "feedbackToken": {"type": "http", "scheme": "bearer"},
+            },
         },
     }
 

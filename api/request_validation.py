@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from flask import Request
 
 from dc.config import Settings
-from dc.errors import Forbidden, InvalidInput, Unauthorized
+from dc.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
+from dc.feedback import DEFAULT_SOURCE, FeedbackItem
 from dc.nlp.validation import blank_kind, json_type, validate_text, validate_texts
 from web.body import json_body as read_json_body
 
 PREDICT_FIELDS = ("text", "texts", "k")
 PROMOTE_FIELDS = ("version", "force")
+FEEDBACK_FIELDS = ("request_id", "item", "label", "source", "time")
 
 
 @dataclass(frozen=True)
@@ -125,11 +128,91 @@ def check_admin_token(request: Request, settings: Settings) -> None:
         Forbidden: no token is configured (the admin endpoints are off).
         Unauthorized: the header is missing or the token is wrong.
     """
-    if not settings.admin_token:
-        raise Forbidden("the admin endpoints are disabled: set DC_ADMIN_TOKEN to enable them")
+    _check_bearer(request, settings.admin_token, "admin", "the admin endpoints", "DC_ADMIN_TOKEN")
+
+
+def check_feedback_token(request: Request, settings: Settings) -> None:
+    """Require `Authorization: Bearer <DC_FEEDBACK_TOKEN>` (as `check_admin_token`)."""
+    _check_bearer(
+        request, settings.feedback_token, "feedback", "POST /feedback", "DC_FEEDBACK_TOKEN"
+    )
+
+
+def _check_bearer(request: Request, token: str, kind: str, what: str, setting: str) -> None:
+    if not token:
+        raise Forbidden(
+            f"{what} {'is' if what.startswith('POST') else 'are'} disabled: set {setting} to enable"
+        )
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # Constant-time comparison: the answer's timing must not reveal how much of a guess matched.
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), settings.admin_token.encode()
+        given.strip().encode(), token.encode()
     ):
-        raise Unauthorized("missing or wrong admin token (Authorization: Bearer <token>)")
+        raise Unauthorized(f"missing or wrong {kind} token (Authorization: Bearer <token>)")
+
+
+def parse_feedback(payload: Any, settings: Settings) -> tuple[list[FeedbackItem], bool]:
+    """Check a `/feedback` body: one item `{"request_id", "item", "label", "source"?, "time"?}`
+    or `{"items": [item, ...]}`; returns (the items, whether it was a single item).
+
+    Raises:
+        InvalidInput: not an object, unknown fields, a field of the wrong type or empty, an
+            item that is not a non-negative integer, a time that is not ISO 8601 with an offset.
+        TooLarge: more than `max_feedback_items` items (413).
+    """
+    if not isinstance(payload, dict):
+        raise InvalidInput(
+            'the body must be a JSON object like {"request_id": ..., "item": 0, "label": ...}'
+        )
+    if "items" in payload:
+        if set(payload) != {"items"}:
+            raise InvalidInput('a batch is {"items": [...]} and nothing else')
+        entries = payload["items"]
+        if not isinstance(entries, list) or not entries:
+            raise InvalidInput('"items" must be a non-empty list of feedback objects')
+        if len(entries) > settings.max_feedback_items:
+            raise TooLarge(
+                f"at most {settings.max_feedback_items} feedback items per request, "
+                f"got {len(entries)}"
+            )
+        return [_feedback_item(entry, f"items[{i}]") for i, entry in enumerate(entries)], False
+    return [_feedback_item(payload, "the body")], True
+
+
+def _feedback_item(entry: Any, where: str) -> FeedbackItem:
+    if not isinstance(entry, dict):
+        raise InvalidInput(f"{where} must be an object, not {json_type(entry)}")
+    unknown = sorted(set(entry) - set(FEEDBACK_FIELDS))
+    if unknown:
+        raise InvalidInput(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(FEEDBACK_FIELDS)}"
+        )
+    strings = {}
+    for name, limit in (("request_id", 64), ("label", 200), ("source", 100)):
+        value = entry.get(name, DEFAULT_SOURCE if name == "source" else None)
+        if not isinstance(value, str) or not value.strip() or len(value) > limit or "\x00" in value:
+            raise InvalidInput(
+                f'{where}: "{name}" must be a non-empty string of at most {limit} characters'
+            )
+        strings[name] = value
+    item = entry.get("item")
+    if isinstance(item, float) and item.is_integer():
+        item = int(item)
+    if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < 2**31:
+        raise InvalidInput(
+            f'{where}: "item" must be a non-negative integer '
+            "(the prediction's index in its request)"
+        )
+    when = entry.get("time")
+    if when is not None:
+        try:
+            when = datetime.fromisoformat(when) if isinstance(when, str) else None
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise InvalidInput(
+                f'{where}: "time" must be an ISO 8601 time with its offset, '
+                "e.g. 2026-12-01T10:00:00Z"
+            )
+    return FeedbackItem(strings["request_id"], item, strings["label"], strings["source"], when)

@@ -12,8 +12,16 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.openapi import build_spec
-from api.request_validation import check_admin_token, json_body, parse_predict, parse_promote
+from api.request_validation import (
+    check_admin_token,
+    check_feedback_token,
+    json_body,
+    parse_feedback,
+    parse_predict,
+    parse_promote,
+)
 from api.services import ApiServices
+from dc import feedback as ground_truth
 from dc.errors import NotReady
 from dc.serve.pipeline import PredictionResult, predict
 from web.request_ids import client_request_id, request_id
@@ -22,6 +30,7 @@ predictions = Blueprint("predictions", __name__)
 models = Blueprint("models", __name__)
 operations = Blueprint("operations", __name__)
 admin = Blueprint("admin", __name__, url_prefix="/admin")
+outcomes = Blueprint("outcomes", __name__)
 
 
 def services() -> ApiServices:
@@ -76,6 +85,19 @@ def _observe(svc: ApiServices, result: PredictionResult, timings: dict[str, floa
         metrics.cache_hits.inc(hits)
     if hits < len(result.cached):
         metrics.cache_misses.inc(len(result.cached) - hits)
+
+
+# --- outcomes -----------------------------------------------------------------------------------
+
+
+@outcomes.post("/feedback")
+def record_feedback():
+    """Record the true labels of served predictions (a batch is all or nothing; feedback token)."""
+    svc = services()
+    check_feedback_token(request, svc.settings)
+    items, single = parse_feedback(json_body(request), svc.settings)
+    recorded = ground_truth.record(svc.store.sessions, items, svc.store.classes_of)
+    return jsonify(recorded[0] if single else {"items": recorded})
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -172,5 +194,5 @@ def promote_model(model: str):
 
 def register_routes(app: Flask) -> None:
     """Attach every blueprint to `app`."""
-    for blueprint in (predictions, models, operations, admin):
+    for blueprint in (predictions, outcomes, models, operations, admin):
         app.register_blueprint(blueprint)

@@ -249,6 +249,16 @@ class Settings(_EmbeddingSettings):
         "no default; empty disables them (403).",
     )
 
+    feedback_token: str = Field(
+        "",
+        description="Bearer token of POST /feedback (the true labels of served predictions), "
+        "distinct from DC_ADMIN_TOKEN: whoever reports outcomes must not promote models. A "
+        "secret: no default; empty disables the endpoint (403).",
+    )
+    max_feedback_items: int = Field(
+        1000, ge=1, description="Most items in one POST /feedback batch (more: 413)."
+    )
+
     # --- the inference log (persistence/inference_log/) ---------------------------------------
     log_queue_size: int = Field(
         10_000,

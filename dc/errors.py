@@ -15,12 +15,20 @@ class DCError(Exception):
     code = "internal_error"
 
     def __init__(
-        self, message: str, *, retry_after_s: int | None = None, detail: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after_s: int | None = None,
+        detail: str | None = None,
+        items: list[dict] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
         self.detail = detail
+        # Per-item errors of a batch refused whole ({"index", "code", "message"} each), sent in
+        # the envelope as `error.items`.
+        self.items = items
 
 
 class InvalidInput(DCError):

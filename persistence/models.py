@@ -192,3 +192,35 @@ class Inference(Base):
             f"Inference({self.request_id!r}#{self.item}, {self.model!r} {self.version!r} -> "
             f"{self.predicted_label!r})"
         )
+
+
+class Feedback(Base):
+    """The true label of one served prediction, from a source (a reviewer, a CRM, a CSV).
+
+    One row per (`request_id`, `item`, `source`): the same feedback sent again changes nothing,
+    a new label from the same source replaces the old one, and two sources may disagree (both
+    kept). `model`, `region` and `version` are copied from the prediction's inference row when
+    the feedback is recorded, so reports read one model's feedback without a join to find it.
+    """
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("request_id", "item", "source"),
+        # Reports: one model's feedback over a time range.
+        Index("ix_feedback_model_region_time", "model", "region", "feedback_time"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    item: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(100))
+    label: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(100))
+    region: Mapped[str] = mapped_column(String(50))
+    version: Mapped[str] = mapped_column(String(40))
+    # When the truth was known (the caller's time, else the time it was recorded).
+    feedback_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Feedback({self.request_id!r}#{self.item}, {self.source!r} -> {self.label!r})"

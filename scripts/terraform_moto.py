@@ -179,7 +179,12 @@ def prepare_module(port: int) -> Path:
 def terraform(
     module: Path, *args: str, timeout: float | None = None
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, **TERRAFORM_ENV, "TF_VAR_admin_token": "moto-admin-token-" + "0" * 32}
+    env = {
+        **os.environ,
+        **TERRAFORM_ENV,
+        "TF_VAR_admin_token": "moto-admin-token-" + "0" * 32,
+        "TF_VAR_feedback_token": "moto-feedback-token-" + "0" * 32,
+    }
     return subprocess.run(
         ["terraform", f"-chdir={module}", *args, "-no-color"],
         capture_output=True,

@@ -1,6 +1,7 @@
 """One table from error type to HTTP status, and one JSON envelope for every error.
 
-Envelope: {"error": {"code": "...", "message": "...", "status": 4xx, "request_id": "..."}}.
+Envelope: {"error": {"code": "...", "message": "...", "status": 4xx, "request_id": "..."}}, plus
+`items` (one {"index", "code", "message"} per refused item) when a batch is refused whole.
 Werkzeug's own errors (404, 405, 413 from the body limit) use the same envelope. Both services
 (the prediction API in `api/` and the embedder service in `embedder/`) register these handlers,
 so a client meets one error format whichever it talks to; the request id is
@@ -45,11 +46,19 @@ _DETAIL_LOG_EVERY_S = 10.0
 _detail_logged_at: dict[str, float] = {}
 
 
-def error_response(code: str, message: str, status: int, retry_after_s: int | None = None):
-    """Build the JSON envelope response for an error."""
+def error_response(
+    code: str,
+    message: str,
+    status: int,
+    retry_after_s: int | None = None,
+    items: list[dict] | None = None,
+):
+    """Build the JSON envelope of an error (`items`: a refused batch's per-item errors)."""
     body = {
         "error": {"code": code, "message": message, "status": status, "request_id": request_id()}
     }
+    if items:
+        body["error"]["items"] = items
     response = jsonify(body)
     response.status_code = status
     if retry_after_s is not None:
@@ -75,7 +84,7 @@ def register_error_handlers(app: Flask) -> None:
         retry_after = exc.retry_after_s
         if status in (429, 503) and retry_after is None:
             retry_after = 1
-        response = error_response(exc.code, exc.message, status, retry_after)
+        response = error_response(exc.code, exc.message, status, retry_after, exc.items)
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="dc-admin"'
         return response

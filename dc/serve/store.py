@@ -20,10 +20,12 @@ served before it in place until they load).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -131,6 +133,19 @@ class ModelStore:
         if state.status == "refused":
             raise EmbedderMismatch(f"model {name!r} is not served: {state.reason}")
         raise NotReady(f"model {name!r} is not ready: {state.reason}", retry_after_s=retry)
+
+    def classes_of(self, name: str, region: str, version: str) -> set[str] | None:
+        """The classes of one recorded version, for checking a feedback label: the served
+        head's when it is that version, else its manifest's when its files are here, else the
+        model's served classes; None when neither is known (the label is then not checked)."""
+        head = self._snapshot.served.get(name)
+        if head is not None and head.version == version and region == self.region:
+            return set(head.labels)
+        manifest = Path(self.settings.artifacts_dir) / region / name / version / "manifest.json"
+        try:
+            return {str(label) for label in json.loads(manifest.read_text("utf-8"))["labels"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return set(head.labels) if head is not None and region == self.region else None
 
     def names(self) -> list[str]:
         """The models currently served, sorted."""

@@ -105,20 +105,22 @@ resource "aws_iam_role_policy_attachment" "rds_monitoring" {
   policy_arn = "arn:${local.partition}:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole"
 }
 
-# The admin token of the API: written write-only from the ephemeral admin_token variable, so
-# neither the plan nor the state ever holds it.
-resource "aws_secretsmanager_secret" "admin_token" {
-  #checkov:skip=CKV2_AWS_57:A bearer token shared with the operators: it is rotated by raising admin_token_version with a new admin_token, then redeploying the API (README, "Secrets").
-  count                   = var.enable_admin_api ? 1 : 0
-  name                    = "${local.name}/admin-token"
-  description             = "DC_ADMIN_TOKEN of the prediction API"
+# The operators' bearer tokens of the API (DC_ADMIN_TOKEN: reload, rollback, promote;
+# DC_FEEDBACK_TOKEN: POST /feedback), each written write-only from its ephemeral variable, so
+# neither the plan nor the state ever holds it. A disabled one has no secret (its endpoints
+# answer 403).
+resource "aws_secretsmanager_secret" "token" {
+  #checkov:skip=CKV2_AWS_57:Bearer tokens shared with operators and callers: rotated by a new value and a raised *_token_version, then a redeploy of the API (README, "Secrets").
+  for_each                = local.tokens
+  name                    = "${local.name}/${each.key}-token"
+  description             = "${each.value.setting} of the prediction API"
   kms_key_id              = aws_kms_key.main.arn
   recovery_window_in_days = 7
 }
 
-resource "aws_secretsmanager_secret_version" "admin_token" {
-  count                    = var.enable_admin_api ? 1 : 0
-  secret_id                = aws_secretsmanager_secret.admin_token[0].id
-  secret_string_wo         = var.admin_token
-  secret_string_wo_version = var.admin_token_version
+resource "aws_secretsmanager_secret_version" "token" {
+  for_each                 = local.tokens
+  secret_id                = aws_secretsmanager_secret.token[each.key].id
+  secret_string_wo         = each.key == "admin" ? var.admin_token : var.feedback_token
+  secret_string_wo_version = each.value.version
 }

@@ -82,7 +82,7 @@ locals {
   # Names a variable's extras may not set: the wiring above and the secrets below.
   reserved_settings = setunion(
     keys(local.api_wiring), keys(local.embedder_wiring), keys(local.trainer_wiring),
-    ["DC_DATABASE_PASSWORD", "DC_ADMIN_TOKEN"],
+    ["DC_DATABASE_PASSWORD", "DC_ADMIN_TOKEN", "DC_FEEDBACK_TOKEN"],
   )
   overridden_settings = setintersection(
     setunion(keys(var.api_settings), keys(var.embedder_settings), keys(var.trainer_settings)),
@@ -95,13 +95,19 @@ locals {
   database_secrets = {
     DC_DATABASE_PASSWORD = "${aws_db_instance.main.master_user_secret[0].secret_arn}:password::"
   }
+  tokens = {
+    for name, token in {
+      admin    = { enabled = var.enable_admin_api, setting = "DC_ADMIN_TOKEN", version = var.admin_token_version }
+      feedback = { enabled = var.enable_feedback_api, setting = "DC_FEEDBACK_TOKEN", version = var.feedback_token_version }
+    } : name => token if token.enabled
+  }
   api_secrets = merge(
     local.database_secrets,
-    var.enable_admin_api ? { DC_ADMIN_TOKEN = aws_secretsmanager_secret.admin_token[0].arn } : {},
+    { for name, token in local.tokens : token.setting => aws_secretsmanager_secret.token[name].arn },
   )
   secret_arns = concat(
     [aws_db_instance.main.master_user_secret[0].secret_arn],
-    var.enable_admin_api ? [aws_secretsmanager_secret.admin_token[0].arn] : [],
+    [for name in keys(local.tokens) : aws_secretsmanager_secret.token[name].arn],
   )
 
   log_groups = toset(["api", "embedder", "jobs"])

@@ -501,6 +501,31 @@ variable "admin_token_version" {
   default     = 1
 }
 
+variable "enable_feedback_api" {
+  description = "Accept ground truth on POST /feedback: a DC_FEEDBACK_TOKEN secret is created from feedback_token. false: the endpoint answers 403."
+  type        = bool
+  default     = true
+}
+
+variable "feedback_token" {
+  description = "The bearer token of POST /feedback (at least 32 characters, not the admin token): whoever reports outcomes. Ephemeral, written write-only, as admin_token."
+  type        = string
+  default     = null
+  ephemeral   = true
+  sensitive   = true
+
+  validation {
+    condition     = !var.enable_feedback_api || try(length(var.feedback_token) >= 32, false)
+    error_message = "feedback_token: required (at least 32 characters) while enable_feedback_api is true."
+  }
+}
+
+variable "feedback_token_version" {
+  description = "Raise it to write a new feedback_token."
+  type        = number
+  default     = 1
+}
+
 # --- jobs -----------------------------------------------------------------------------------
 
 variable "trainer_cpu" {

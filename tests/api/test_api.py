@@ -17,15 +17,16 @@ from sqlalchemy import func, select
 
 from api.app import close_app, create_app
 from api.openapi import described_rules
-from persistence.models import Inference
+from persistence.models import Feedback, Inference
 from tests.conftest import make_settings
-from tests.heads_support import register_versions
+from tests.heads_support import INTENTS, register_versions
 from tests.openapi_support import SpecChecker, ValidatingClient
 
 pytestmark = [pytest.mark.db]
 
 JSON = "application/json"
 TOKEN = "test-admin-token"
+FEEDBACK_TOKEN = "test-feedback-token"
 
 
 def url_of(engine) -> str:
@@ -61,6 +62,8 @@ def api_settings(pg_engine, tiny_versions, tmp_path):
         artifacts_dir=str(first.version_dir.parent.parent.parent),
         spool_dir=str(tmp_path / "spool"),
         admin_token=TOKEN,
+        feedback_token=FEEDBACK_TOKEN,
+        max_feedback_items=5,
         model_refresh_s=0.2,
         log_flush_interval_ms=20,
         max_top_k=5,
@@ -401,5 +404,138 @@ def test_a_head_of_another_embedder_is_refused(
         assert response.get_json()["error"]["code"] == "embedder_mismatch"
         statuses = {m["name"]: m["status"] for m in api.get("/models").get_json()["models"]}
         assert statuses[foreign.name] == "refused"
+    finally:
+        close_app(app)
+
+
+# --- feedback ------------------------------------------------------------------------------------
+
+
+def feedback(api, body, token=FEEDBACK_TOKEN):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return post(api, "/feedback", body, headers=headers)
+
+
+def served(api, api_app, texts) -> str:
+    """Predict `texts` (one request) and wait for their rows: the request id."""
+    response = post(api, "/predict/tiny_banking", {"texts": texts})
+    assert response.status_code == 200, response.get_json()
+    flush(api_app)
+    return response.get_json()["request_id"]
+
+
+def feedback_rows(engine) -> list[tuple]:
+    with engine.connect() as connection:
+        return sorted(
+            connection.execute(
+                select(
+                    Feedback.request_id,
+                    Feedback.item,
+                    Feedback.source,
+                    Feedback.label,
+                    Feedback.model,
+                    Feedback.version,
+                )
+            ).all()
+        )
+
+
+def test_feedback_is_stored_once_per_prediction_and_source(api, api_app, pg_engine, tiny_versions):
+    rid = served(api, api_app, ["my card has not arrived yet"])
+    version = tiny_versions[0].version
+    one = {"request_id": rid, "item": 0, "label": "card_arrival"}
+
+    first = feedback(api, one)
+    assert first.status_code == 200, first.get_json()
+    assert first.get_json() == {
+        **one,
+        "source": "api",
+        "model": "tiny_banking",
+        "version": version,
+        "status": "created",
+    }
+    assert feedback(api, one).get_json()["status"] == "unchanged"  # idempotent
+    assert feedback_rows(pg_engine) == [(rid, 0, "api", "card_arrival", "tiny_banking", version)]
+
+    other_label = next(label for label in INTENTS if label != "card_arrival")
+    changed = feedback(api, {**one, "label": other_label})
+    assert changed.get_json()["status"] == "updated"  # the same source changed its mind
+    reviewer = feedback(api, {**one, "source": "reviewer", "time": "2026-12-01T10:00:00+01:00"})
+    assert reviewer.get_json()["status"] == "created"  # another source: kept beside it
+    assert feedback_rows(pg_engine) == [
+        (rid, 0, "api", other_label, "tiny_banking", version),
+        (rid, 0, "reviewer", "card_arrival", "tiny_banking", version),
+    ]
+
+
+def test_feedback_refuses_unknown_predictions_and_foreign_labels(api, api_app, pg_engine):
+    rid = served(api, api_app, ["my card has not arrived yet"])
+    unknown = feedback(api, {"request_id": "0" * 32, "item": 0, "label": "card_arrival"})
+    assert unknown.status_code == 404
+    assert unknown.get_json()["error"]["items"][0]["code"] == "not_found"
+    beyond = feedback(api, {"request_id": rid, "item": 1, "label": "card_arrival"})
+    assert beyond.status_code == 404  # the request had one text
+    foreign = feedback(api, {"request_id": rid, "item": 0, "label": "no_such_intent"})
+    assert foreign.status_code == 422
+    assert "not a class of tiny_banking" in foreign.get_json()["error"]["items"][0]["message"]
+    assert feedback_rows(pg_engine) == []
+
+
+def test_a_feedback_batch_is_all_or_nothing(api, api_app, pg_engine):
+    rid = served(api, api_app, ["my card has not arrived yet", "how do I top up my account"])
+    good = [
+        {"request_id": rid, "item": 0, "label": "card_arrival"},
+        {"request_id": rid, "item": 1, "label": "card_arrival", "source": "crm"},
+    ]
+    bad = [
+        *good,
+        {"request_id": rid, "item": 0, "label": "no_such_intent"},
+        {"request_id": "f" * 32, "item": 0, "label": "card_arrival"},
+        good[0],  # twice in one batch
+    ]
+    refused = feedback(api, {"items": bad})
+    assert refused.status_code == 422
+    problems = refused.get_json()["error"]["items"]
+    assert [(p["index"], p["code"]) for p in problems] == [
+        (2, "invalid_input"),
+        (3, "not_found"),
+        (4, "invalid_input"),
+    ]
+    assert feedback_rows(pg_engine) == []  # nothing of a refused batch
+
+    accepted = feedback(api, {"items": good})
+    assert accepted.status_code == 200, accepted.get_json()
+    assert [item["status"] for item in accepted.get_json()["items"]] == ["created", "created"]
+    assert len(feedback_rows(pg_engine)) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"request_id": "a", "item": -1, "label": "x"}, 422),
+        ({"request_id": "a", "item": 0, "label": ""}, 422),
+        ({"request_id": "a", "item": 0, "label": "x", "extra": 1}, 422),
+        ({"request_id": "a", "item": 0, "label": "x", "time": "2026-12-01T10:00:00"}, 422),
+        ({"request_id": "a", "item": True, "label": "x"}, 422),
+        ({"items": []}, 422),
+        ({"items": [{"request_id": "a", "item": 0, "label": "x"}] * 6}, 413),
+        ([1, 2], 422),
+    ],
+)
+def test_bad_feedback_gets_a_clear_4xx(api, pg_engine, body, status):
+    response = feedback(api, body)
+    assert response.status_code == status, response.get_json()
+    assert set(response.get_json()["error"]) >= {"code", "message", "status", "request_id"}
+
+
+def test_feedback_needs_its_own_token(api, api_settings, engine, checker):
+    body = {"request_id": "a", "item": 0, "label": "x"}
+    assert feedback(api, body, token=None).status_code == 401
+    assert feedback(api, body, token=TOKEN).status_code == 401  # the admin token is not it
+    app = create_app(api_settings.model_copy(update={"feedback_token": ""}), embedder=engine)
+    try:
+        off = feedback(ValidatingClient(app.test_client(), checker), body)
+        assert off.status_code == 403
+        assert "DC_FEEDBACK_TOKEN" in off.get_json()["error"]["message"]
     finally:
         close_app(app)

@@ -83,6 +83,37 @@ def test_any_json_body_gets_a_200_or_a_4xx(api, body):
             assert ranked == sorted(ranked, reverse=True)
 
 
+# Feedback: the fields it reads with any values, single or in a batch.
+feedback_items = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "request_id": st.one_of(st.text(max_size=70), json_values),
+            "item": st.one_of(st.integers(-(2**40), 2**40), json_values),
+            "label": st.one_of(st.sampled_from(["card_arrival", "other"]), st.text(max_size=30)),
+            "source": st.one_of(st.text(max_size=110), json_values),
+            "time": st.one_of(st.text(max_size=30), st.just("2026-12-01T10:00:00Z"), json_values),
+        },
+    ),
+)
+feedback_bodies = st.one_of(
+    feedback_items, st.fixed_dictionaries({"items": st.lists(feedback_items, max_size=7)})
+)
+
+
+@FUZZ
+@given(body=feedback_bodies)
+def test_any_feedback_body_gets_a_200_or_a_4xx(api, body):
+    response = api.post(
+        "/feedback",
+        data=json.dumps(body),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {base.FEEDBACK_TOKEN}"},
+    )
+    assert_sane(response)
+
+
 @FUZZ
 @given(text=st.text(max_size=520))
 def test_any_text_is_classified_or_refused_with_422(api, text):

@@ -35,7 +35,7 @@ from persistence.registry import (
 from tests.conftest import REPO
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
-TABLES = {"training_examples", "model_versions", "inferences"}
+TABLES = {"training_examples", "model_versions", "inferences", "feedback"}
 
 
 def write_csv(path, header, rows):
@@ -72,7 +72,7 @@ def test_alembic_creates_and_drops_both_tables_on_postgresql(pg_migrated):
         assert set(inspect(engine).get_table_names()) >= TABLES
         with engine.connect() as connection:
             assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-                ("0003",)
+                ("0004",)
             ]
         # The committed revision and the models describe the same schema.
         command.check(alembic_config(pg_migrated))
@@ -182,9 +182,10 @@ def test_migration_0003_adds_and_drops_the_client_request_id(backend, request, t
             connection.execute(
                 text("UPDATE inferences SET client_request_id = 'client-1'")
             )  # the column takes a caller's id
-        command.check(config)  # the models describe 0003
+        command.upgrade(config, "head")
+        command.check(config)  # the models describe head
 
-        command.downgrade(config, "0002")
+        command.downgrade(config, "0002")  # through every later revision's downgrade
         has_column, indexes = client_id_schema(engine)
         assert not has_column and "ix_inferences_client_request_id" not in indexes
         assert "ix_inferences_model_region_created_at" in indexes  # 0002's index survives

@@ -17,7 +17,9 @@ from pydantic import TypeAdapter
 
 from dc.config import REPO_ROOT, Settings
 from tests.conftest import REPO
-from tests.deploy_support import deploy_lint as lint
+from tests.script_support import load_script
+
+lint = load_script("deploy_lint")
 
 DOCKERFILE = REPO / "deployment" / "docker" / "Dockerfile"
 BOOT_SCRIPT = REPO / "deployment" / "docker" / "boot.sh"

@@ -17,13 +17,15 @@ from flask import Flask
 
 from api.router import operations
 from dc.config import Settings
-from tests.deploy_support import deploy_lint as lint
+from tests.script_support import load_script
+
+lint = load_script("deploy_lint")
 
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM = REPO / "deployment" / "terraform"
 DOCKERFILE = REPO / "deployment" / "docker" / "Dockerfile"
 SETTING_NAMES = {f"DC_{name.upper()}" for name in Settings.model_fields}
-SECRETS = {"DC_DATABASE_PASSWORD", "DC_ADMIN_TOKEN"}
+SECRETS = {"DC_DATABASE_PASSWORD", "DC_ADMIN_TOKEN", "DC_FEEDBACK_TOKEN"}
 DC_NAME = re.compile(r"\bDC_[A-Z0-9_]*[A-Z0-9]\b")
 
 
@@ -114,7 +116,8 @@ def test_no_secret_is_among_the_plain_settings(name):
 def test_the_secrets_come_from_secrets_manager():
     assert set(DC_NAME.findall(local_text("database_secrets"))) == {"DC_DATABASE_PASSWORD"}
     assert "master_user_secret" in local_text("database_secrets")
-    assert set(DC_NAME.findall(local_text("api_secrets"))) == {"DC_ADMIN_TOKEN"}
+    assert "DC_DATABASE_PASSWORD" not in local_text("api_secrets")
+    assert set(DC_NAME.findall(local_text("tokens"))) == {"DC_ADMIN_TOKEN", "DC_FEEDBACK_TOKEN"}
     # The task definitions take environment and secrets from those maps only.
     for container in ("api_container", "embedder_container"):
         text = local_text(container)

@@ -90,8 +90,8 @@ mock_provider "aws" {
     }
   }
   override_resource {
-    target = aws_secretsmanager_secret.admin_token
-    values = { arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:dc/admin-token-AbCdEf" }
+    target = aws_secretsmanager_secret.token
+    values = { arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:dc/token-AbCdEf" }
   }
   override_resource {
     target = aws_lb.api
@@ -108,6 +108,7 @@ variables {
   image_tag       = "1.2.3"
   certificate_arn = "arn:aws:acm:eu-west-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"
   admin_token     = "test-admin-token-0123456789abcdef-0123456789"
+  feedback_token  = "test-feedback-token-0123456789abcdef-012345"
 }
 
 run "stack" {
@@ -200,8 +201,9 @@ run "stack" {
       for definition in concat([aws_ecs_task_definition.api, aws_ecs_task_definition.embedder], values(aws_ecs_task_definition.job)) : [
         for container in jsondecode(definition.container_definitions) : [
           for variable in container.environment :
-          !contains(["DC_DATABASE_PASSWORD", "DC_ADMIN_TOKEN"], variable.name)
+          !contains(["DC_DATABASE_PASSWORD", "DC_ADMIN_TOKEN", "DC_FEEDBACK_TOKEN"], variable.name)
           && !strcontains(variable.value, "test-admin-token")
+          && !strcontains(variable.value, "test-feedback-token")
           && !can(regex("://[^/@]*:[^/@]*@", variable.value))
         ]
       ]
@@ -211,10 +213,14 @@ run "stack" {
   assert {
     condition = (
       toset([for s in jsondecode(aws_ecs_task_definition.api.container_definitions)[0].secrets : s.name])
-      == toset(var.enable_admin_api ? ["DC_ADMIN_TOKEN", "DC_DATABASE_PASSWORD"] : ["DC_DATABASE_PASSWORD"])
+      == toset(concat(
+        ["DC_DATABASE_PASSWORD"],
+        var.enable_admin_api ? ["DC_ADMIN_TOKEN"] : [],
+        var.enable_feedback_api ? ["DC_FEEDBACK_TOKEN"] : [],
+      ))
       && alltrue([for s in jsondecode(aws_ecs_task_definition.api.container_definitions)[0].secrets : startswith(s.valueFrom, "arn:aws:secretsmanager:")])
     )
-    error_message = "The API gets its database password and admin token from Secrets Manager."
+    error_message = "The API gets its database password and its tokens from Secrets Manager."
   }
 
   # --- autoscaling and sizing ---------------------------------------------------------------
@@ -361,9 +367,19 @@ run "admin_api_off" {
   }
 
   assert {
-    condition     = length(aws_secretsmanager_secret.admin_token) == 0
+    condition     = keys(aws_secretsmanager_secret.token) == ["feedback"]
     error_message = "No admin secret when the admin API is off."
   }
+}
+
+run "feedback_token_required" {
+  command = plan
+
+  variables {
+    feedback_token = null
+  }
+
+  expect_failures = [var.feedback_token]
 }
 
 run "admin_token_required" {
