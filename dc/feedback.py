@@ -6,7 +6,8 @@ every item is checked first (the prediction exists; the label is one of the clas
 version that served it; no item twice), and a batch with any refused item writes nothing and
 raises with one error per refused item. Stored rows are keyed on (request_id, item, source):
 sending the same feedback again changes nothing, a new label from the same source replaces the
-old one. Both the API (`POST /feedback`) and `scripts/load_feedback.py` (CSV) call `record`.
+old one. Both the API (`POST /feedback`) and `scripts/load_feedback.py` (CSV) call `record`;
+`to_training` (scripts/feedback_to_training.py) turns stored feedback into training examples.
 
 Writing feedback touches only the `feedback` table and reads `inferences` by its primary key: the
 prediction path (its caches, its log writer) is never involved.
@@ -28,7 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from dc.errors import DataError, InvalidInput, NotFound
-from persistence.models import Feedback, Inference, to_utc, utcnow
+from persistence.models import Feedback, Inference, TrainingExample, to_utc, utcnow
 
 DEFAULT_SOURCE = "api"
 # (model, region, version) -> its classes, or None when they cannot be known here.
@@ -271,3 +272,117 @@ def batches(items: Iterable[FeedbackItem], size: int) -> Iterable[list[FeedbackI
             batch = []
     if batch:
         yield batch
+
+
+# --- back into training ---------------------------------------------------------------------
+
+TRAINING_SOURCE = "feedback"
+
+
+@dataclass
+class TrainingReport:
+    """What `to_training` did for one model and region."""
+
+    model: str
+    region: str
+    feedback_rows: int = 0
+    texts: int = 0
+    added: int = 0
+    already_in_training: int = 0
+    # The same text with different true labels from different feedback (none of them added).
+    disagreeing: list[dict[str, Any]] | None = None
+    # Texts whose feedback label differs from a label the training data already has (not added:
+    # which one is right is a person's call; the training data wins until it is fixed).
+    conflicts: list[dict[str, Any]] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "region": self.region,
+            "feedback_rows": self.feedback_rows,
+            "texts": self.texts,
+            "added": self.added,
+            "already_in_training": self.already_in_training,
+            "disagreeing": self.disagreeing or [],
+            "conflicts": self.conflicts or [],
+        }
+
+
+def to_training(
+    sessions: sessionmaker[Session], model: str, region: str, *, since: datetime | None = None
+) -> TrainingReport:
+    """Turn one model's feedback into training examples (split left to data preparation, which
+    puts them in train), so the next retraining learns from production.
+
+    Each text with feedback (the prediction's input text) and one agreed label becomes one
+    example with source "feedback" and the latest feedback time. Idempotent: the examples of a
+    previous run are replaced, never doubled. Not added, and reported: texts whose feedback
+    disagrees, and texts the training data already holds with another label.
+    """
+    report = TrainingReport(model, region, disagreeing=[], conflicts=[])
+    with sessions() as session, session.begin():
+        query = (
+            select(Inference.input_text, Feedback.label, Feedback.feedback_time)
+            .join(
+                Inference,
+                (Inference.request_id == Feedback.request_id) & (Inference.item == Feedback.item),
+            )
+            .where(Feedback.model == model, Feedback.region == region)
+        )
+        if since is not None:
+            query = query.where(Feedback.feedback_time >= to_utc(since))
+        labels: dict[str, dict[str, datetime]] = {}
+        for text, label, when in session.execute(query):
+            report.feedback_rows += 1
+            seen = labels.setdefault(text, {})
+            seen[label] = max(when, seen.get(label, when))
+        report.texts = len(labels)
+        session.execute(
+            TrainingExample.__table__.delete().where(
+                TrainingExample.model == model,
+                TrainingExample.region == region,
+                TrainingExample.source == TRAINING_SOURCE,
+            )
+        )
+        existing: dict[str, set[str]] = {}
+        texts = list(labels)
+        for start in range(0, len(texts), 1000):
+            chunk = texts[start : start + 1000]
+            for text, label in session.execute(
+                select(TrainingExample.text, TrainingExample.label).where(
+                    TrainingExample.model == model,
+                    TrainingExample.region == region,
+                    TrainingExample.text.in_(chunk),
+                )
+            ):
+                existing.setdefault(text, set()).add(label)
+        now, rows = utcnow(), []
+        for text, by_label in labels.items():
+            if len(by_label) > 1:
+                report.disagreeing.append({"text": text, "labels": sorted(by_label)})
+                continue
+            ((label, when),) = by_label.items()
+            known = existing.get(text, set())
+            if label in known:
+                report.already_in_training += 1
+            elif known:
+                report.conflicts.append(
+                    {"text": text, "feedback_label": label, "training_labels": sorted(known)}
+                )
+            else:
+                rows.append(
+                    {
+                        "model": model,
+                        "region": region,
+                        "text": text,
+                        "label": label,
+                        "split": None,
+                        "example_time": when,
+                        "loaded_at": now,
+                        "source": TRAINING_SOURCE,
+                    }
+                )
+        if rows:
+            session.execute(TrainingExample.__table__.insert(), rows)
+        report.added = len(rows)
+    return report

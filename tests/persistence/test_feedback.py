@@ -6,6 +6,7 @@ The API's POST /feedback is tested with the app in tests/api/test_api.py; here t
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy import insert, select
 from dc import feedback
 from dc.errors import DataError
 from persistence.db import session_factory
-from persistence.models import Feedback, Inference
+from persistence.models import Feedback, Inference, TrainingExample
 from tests.script_support import load_script
 
 
@@ -105,3 +106,68 @@ def test_labels_are_checked_against_the_version_manifest(pg_engine, tmp_path):
     assert refused.value.items[0]["code"] == "invalid_input"
     answers = feedback.record(sessions, [feedback.FeedbackItem("r2", 0, "b")], classes_of)
     assert answers[0]["status"] == "created" and answers[0]["version"] == "v1"
+
+
+@pytest.mark.db
+def test_feedback_becomes_training_examples_once_with_conflicts_reported(pg_engine, tmp_path):
+    served_rows(pg_engine, "r3", 4)  # texts "text 0" .. "text 3", model m, region global
+    sessions = session_factory(pg_engine)
+    with pg_engine.begin() as connection:
+        connection.execute(
+            insert(TrainingExample),
+            [
+                {
+                    "model": "m",
+                    "region": "global",
+                    "text": "text 1",
+                    "label": "a",
+                    "example_time": datetime.now(UTC),
+                    "source": "file.csv",
+                },
+                {
+                    "model": "m",
+                    "region": "global",
+                    "text": "text 2",
+                    "label": "a",
+                    "example_time": datetime.now(UTC),
+                    "source": "file.csv",
+                },
+            ],
+        )
+    feedback.record(
+        sessions,
+        [
+            feedback.FeedbackItem("r3", 0, "b"),  # new: added
+            feedback.FeedbackItem("r3", 1, "a"),  # the training data agrees: not doubled
+            feedback.FeedbackItem("r3", 2, "b"),  # the training data says "a": a conflict
+            feedback.FeedbackItem("r3", 3, "a"),
+            feedback.FeedbackItem("r3", 3, "b", source="reviewer"),  # sources disagree
+        ],
+        lambda *_: None,
+    )
+    script = load_script("feedback_to_training")
+    url = pg_engine.url.render_as_string(hide_password=False)
+    out = tmp_path / "report.json"
+    for _ in range(2):  # twice: the same result, nothing doubled
+        assert (
+            script.main(
+                ["--model", "m", "--region", "global", "--database-url", url, "--report", str(out)]
+            )
+            == 0
+        )
+        report = json.loads(out.read_text())
+        assert (report["feedback_rows"], report["texts"], report["added"]) == (5, 4, 1)
+        assert report["already_in_training"] == 1
+        assert report["conflicts"] == [
+            {"text": "text 2", "feedback_label": "b", "training_labels": ["a"]}
+        ]
+        assert report["disagreeing"] == [{"text": "text 3", "labels": ["a", "b"]}]
+        with pg_engine.connect() as connection:
+            rows = connection.execute(
+                select(TrainingExample.text, TrainingExample.label, TrainingExample.source)
+            ).all()
+        assert sorted(rows) == [
+            ("text 0", "b", "feedback"),
+            ("text 1", "a", "file.csv"),
+            ("text 2", "a", "file.csv"),
+        ]
