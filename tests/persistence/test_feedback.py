@@ -19,6 +19,19 @@ from persistence.models import Feedback, Inference, TrainingExample
 from tests.script_support import load_script
 
 
+@pytest.fixture
+def run_script(monkeypatch):
+    """A script's main, in process, leaving the session's logging alone (a script configures
+    the root logger for a command line; later tests count the records they capture)."""
+
+    def run(name: str, argv: list[str]) -> int:
+        module = load_script(name)
+        monkeypatch.setattr(module, "configure_logging", lambda level: None)
+        return module.main(argv)
+
+    return run
+
+
 def test_the_csv_reader_takes_the_documented_columns():
     items = feedback.read_csv(
         "request_id,item,label,time\nabc,0,card_arrival,2026-12-01T10:00:00+00:00\ndef,2,pin_blocked,\n",
@@ -72,21 +85,30 @@ def served_rows(engine, request_id: str, count: int) -> None:
 
 
 @pytest.mark.db
-def test_the_bulk_loader_records_once_and_reports_what_it_refused(pg_engine, tmp_path):
+def test_the_bulk_loader_records_once_and_reports_what_it_refused(pg_engine, tmp_path, run_script):
     served_rows(pg_engine, "r1", 3)
     url = pg_engine.url.render_as_string(hide_password=False)
     good = tmp_path / "good.csv"
     good.write_text("request_id,item,label\nr1,0,a\nr1,1,b\nr1,2,a\n")
-    script = load_script("load_feedback")
-    assert script.main(["--csv", str(good), "--database-url", url, "--batch-size", "2"]) == 0
-    assert script.main(["--csv", str(good), "--database-url", url]) == 0  # again: unchanged
+    assert (
+        run_script(
+            "load_feedback", ["--csv", str(good), "--database-url", url, "--batch-size", "2"]
+        )
+        == 0
+    )
+    assert (
+        run_script("load_feedback", ["--csv", str(good), "--database-url", url]) == 0
+    )  # again: unchanged
     with pg_engine.connect() as connection:
         rows = connection.execute(select(Feedback.item, Feedback.label, Feedback.source)).all()
     assert sorted(rows) == [(0, "a", "csv"), (1, "b", "csv"), (2, "a", "csv")]
 
     bad = tmp_path / "bad.csv"
     bad.write_text("request_id,item,label,source\nr1,0,c,review\nnope,0,a,review\nr1,1,a,review\n")
-    assert script.main(["--csv", str(bad), "--database-url", url, "--batch-size", "2"]) == 1
+    assert (
+        run_script("load_feedback", ["--csv", str(bad), "--database-url", url, "--batch-size", "2"])
+        == 1
+    )
     with pg_engine.connect() as connection:
         sources = connection.execute(select(Feedback.source, Feedback.item)).all()
     # The first batch (lines 2-3) held an unknown prediction: refused whole; the second kept.
@@ -109,7 +131,9 @@ def test_labels_are_checked_against_the_version_manifest(pg_engine, tmp_path):
 
 
 @pytest.mark.db
-def test_feedback_becomes_training_examples_once_with_conflicts_reported(pg_engine, tmp_path):
+def test_feedback_becomes_training_examples_once_with_conflicts_reported(
+    pg_engine, tmp_path, run_script
+):
     served_rows(pg_engine, "r3", 4)  # texts "text 0" .. "text 3", model m, region global
     sessions = session_factory(pg_engine)
     with pg_engine.begin() as connection:
@@ -145,16 +169,11 @@ def test_feedback_becomes_training_examples_once_with_conflicts_reported(pg_engi
         ],
         lambda *_: None,
     )
-    script = load_script("feedback_to_training")
     url = pg_engine.url.render_as_string(hide_password=False)
     out = tmp_path / "report.json"
     for _ in range(2):  # twice: the same result, nothing doubled
-        assert (
-            script.main(
-                ["--model", "m", "--region", "global", "--database-url", url, "--report", str(out)]
-            )
-            == 0
-        )
+        argv = ["--model", "m", "--region", "global", "--database-url", url, "--report", str(out)]
+        assert run_script("feedback_to_training", argv) == 0
         report = json.loads(out.read_text())
         assert (report["feedback_rows"], report["texts"], report["added"]) == (5, 4, 1)
         assert report["already_in_training"] == 1
