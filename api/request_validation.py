@@ -128,21 +128,28 @@ def check_admin_token(request: Request, settings: Settings) -> None:
         Forbidden: no token is configured (the admin endpoints are off).
         Unauthorized: the header is missing or the token is wrong.
     """
-    _check_bearer(request, settings.admin_token, "admin", "the admin endpoints", "DC_ADMIN_TOKEN")
+    _check_bearer(
+        request,
+        settings.admin_token,
+        kind="admin",
+        disabled="the admin endpoints are disabled: set DC_ADMIN_TOKEN to enable them",
+    )
 
 
 def check_feedback_token(request: Request, settings: Settings) -> None:
     """Require `Authorization: Bearer <DC_FEEDBACK_TOKEN>` (as `check_admin_token`)."""
     _check_bearer(
-        request, settings.feedback_token, "feedback", "POST /feedback", "DC_FEEDBACK_TOKEN"
+        request,
+        settings.feedback_token,
+        kind="feedback",
+        disabled="POST /feedback is disabled: set DC_FEEDBACK_TOKEN to enable it",
     )
 
 
-def _check_bearer(request: Request, token: str, kind: str, what: str, setting: str) -> None:
+def _check_bearer(request: Request, token: str, *, kind: str, disabled: str) -> None:
+    """`Authorization: Bearer <token>`, or Forbidden(`disabled`) when no token is configured."""
     if not token:
-        raise Forbidden(
-            f"{what} {'is' if what.startswith('POST') else 'are'} disabled: set {setting} to enable"
-        )
+        raise Forbidden(disabled)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # Constant-time comparison: the answer's timing must not reveal how much of a guess matched.
     if scheme.lower() != "bearer" or not hmac.compare_digest(
