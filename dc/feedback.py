@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -203,19 +203,25 @@ def _upsert(session: Session, rows: list[dict[str, Any]]):
     )
 
 
+def manifest_labels(artifacts_dir: str, region: str, model: str, version: str) -> set[str] | None:
+    """The labels of one version from its manifest (<artifacts_dir>/<region>/<model>/<version>/
+    manifest.json), or None when its files are not here."""
+    path = Path(artifacts_dir) / region / model / version / "manifest.json"
+    try:
+        return {str(label) for label in json.loads(path.read_text("utf-8"))["labels"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def manifest_classes(artifacts_dir: str) -> ClassesOf:
-    """A `ClassesOf` that reads each version's labels from its manifest under `artifacts_dir`
-    (<region>/<model>/<version>/manifest.json); None (label not checked) where it is absent."""
+    """A `ClassesOf` that reads each version's labels from its manifest (`manifest_labels`),
+    once per version; None (label not checked) where the files are absent."""
     found: dict[tuple[str, str, str], set[str] | None] = {}
 
     def classes_of(model: str, region: str, version: str) -> set[str] | None:
         key = (model, region, version)
         if key not in found:
-            path = Path(artifacts_dir) / region / model / version / "manifest.json"
-            try:
-                found[key] = {str(x) for x in json.loads(path.read_text("utf-8"))["labels"]}
-            except (OSError, ValueError, KeyError, TypeError):
-                found[key] = None
+            found[key] = manifest_labels(artifacts_dir, region, model, version)
         return found[key]
 
     return classes_of
@@ -260,18 +266,6 @@ def _csv_item(row: dict[str, str], line: int, source: str) -> FeedbackItem:
     except ValueError:
         raise DataError(f"line {line}: time {when!r} is not ISO 8601") from None
     return FeedbackItem(request_id, item, label, (row.get("source") or "").strip() or source, time)
-
-
-def batches(items: Iterable[FeedbackItem], size: int) -> Iterable[list[FeedbackItem]]:
-    """`items` in lists of at most `size`."""
-    batch: list[FeedbackItem] = []
-    for it in items:
-        batch.append(it)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 # --- back into training ---------------------------------------------------------------------

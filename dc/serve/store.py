@@ -20,18 +20,17 @@ served before it in place until they load).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from dc.config import Settings
 from dc.errors import EmbedderMismatch, NotFound, NotReady
+from dc.feedback import manifest_labels
 from dc.model_config import is_valid_name
 from dc.predict import Head
 from dc.serve import admin
@@ -141,11 +140,10 @@ class ModelStore:
         head = self._snapshot.served.get(name)
         if head is not None and head.version == version and region == self.region:
             return set(head.labels)
-        manifest = Path(self.settings.artifacts_dir) / region / name / version / "manifest.json"
-        try:
-            return {str(label) for label in json.loads(manifest.read_text("utf-8"))["labels"]}
-        except (OSError, ValueError, KeyError, TypeError):
-            return set(head.labels) if head is not None and region == self.region else None
+        labels = manifest_labels(self.settings.artifacts_dir, region, name, version)
+        if labels is None and head is not None and region == self.region:
+            return set(head.labels)
+        return labels
 
     def names(self) -> list[str]:
         """The models currently served, sorted."""
