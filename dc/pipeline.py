@@ -19,7 +19,7 @@ from dc.config import Settings
 from dc.errors import InvalidInput
 from dc.model_config import ModelConfig
 from dc.nlp.embeddings import Embedder
-from dc.queries import fetch_training_rows
+from dc.queries.training import fetch_training_rows
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from dc.data import load_csv
 from dc.errors import DataError, NotFound, PromotionRefused
 from dc.promotion import check_promotion, promote
-from dc.queries import fetch_training_rows, select_training_rows
+from dc.queries.training import fetch_training_rows, select_training_rows
 from dc.utilities.decorators import db_retry, is_transient_db_error, logged, timed
 from persistence.db import alembic_config, make_engine, session_factory, upgrade
 from persistence.models import ModelVersion, TrainingExample
@@ -72,7 +72,7 @@ def test_alembic_creates_and_drops_both_tables_on_postgresql(pg_migrated):
         assert set(inspect(engine).get_table_names()) >= TABLES
         with engine.connect() as connection:
             assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-                ("0004",)
+                ("0005",)
             ]
         # The committed revision and the models describe the same schema.
         command.check(alembic_config(pg_migrated))

@@ -1,4 +1,4 @@
-"""SQL the training scripts run, built with SQLAlchemy Core (bound parameters only)."""
+"""The SQL the training scripts run: one model's training rows for a region and a window."""
 
 from __future__ import annotations
 

@@ -1,0 +1,156 @@
+"""The statistics of the production reports, on plain counts and label lists.
+
+- Population stability index (PSI) of a label distribution against a reference (the served
+  version's training labels): ``sum((p - q) * ln(p / q))`` over the reference's classes, with
+  proportions floored at `PSI_FLOOR` so that a class absent on one side counts as rare, not
+  infinite. Read as: < 0.1 stable, 0.1-0.25 a moderate shift, > 0.25 a large one.
+- Pearson's chi-square goodness-of-fit of the served counts against the counts the reference's
+  proportions expect (scipy), over the reference's classes.
+- Drift is flagged when both say so: PSI at or above `PSI_DRIFT` (the size of the shift) and the
+  chi-square p-value below `DRIFT_ALPHA` (that it is not chance). On the large windows of a
+  production log, chi-square alone flags shifts too small to matter; PSI alone flags the noise
+  of a window with few predictions.
+- Expected calibration error (ECE): the confidence range [0, 1] cut into `ECE_BINS` equal bins,
+  ``sum(n_bin / n * |accuracy_bin - mean_confidence_bin|)``.
+- Classification figures from scikit-learn: accuracy, weighted F1 (the headline), macro F1,
+  per-class precision/recall/F1/support, and the most frequent confusions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+PSI_FLOOR = 1e-4
+PSI_DRIFT = 0.2
+DRIFT_ALPHA = 0.01
+ECE_BINS = 10
+TOP_CONFUSIONS = 10
+
+
+def proportions(counts: Mapping[str, float], classes: Sequence[str]) -> np.ndarray:
+    """The share of each of `classes` in `counts` (missing classes count 0), in class order."""
+    values = np.array([float(counts.get(label, 0)) for label in classes])
+    total = values.sum()
+    return values / total if total > 0 else values
+
+
+def psi(observed: Mapping[str, float], reference: Mapping[str, float]) -> float | None:
+    """Population stability index of `observed` counts against `reference` counts, over the
+    reference's classes (see the module docstring); None when either side is empty."""
+    classes = sorted(reference)
+    p = proportions(observed, classes)
+    q = proportions(reference, classes)
+    if p.sum() == 0 or q.sum() == 0:
+        return None
+    p, q = np.maximum(p, PSI_FLOOR), np.maximum(q, PSI_FLOOR)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def chi_square(
+    observed: Mapping[str, float], reference: Mapping[str, float]
+) -> dict[str, float] | None:
+    """Pearson's chi-square test of `observed` counts against the counts that `reference`'s
+    proportions expect, over the reference's classes with a non-zero reference count.
+
+    Returns:
+        {"statistic", "p_value", "dof"}, or None with fewer than two such classes or no
+        observation among them.
+    """
+    from scipy.stats import chisquare
+
+    classes = sorted(label for label, n in reference.items() if n > 0)
+    counts = np.array([float(observed.get(label, 0)) for label in classes])
+    if len(classes) < 2 or counts.sum() == 0:
+        return None
+    expected = proportions(reference, classes) * counts.sum()
+    result = chisquare(counts, expected)
+    return {
+        "statistic": float(result.statistic),
+        "p_value": float(result.pvalue),
+        "dof": len(classes) - 1,
+    }
+
+
+def drifted(psi_value: float | None, test: Mapping[str, float] | None) -> bool:
+    """Whether a shift is both large (PSI) and significant (chi-square): the module's rule."""
+    return (
+        psi_value is not None
+        and test is not None
+        and psi_value >= PSI_DRIFT
+        and test["p_value"] < DRIFT_ALPHA
+    )
+
+
+def expected_calibration_error(
+    confidence: Sequence[float], correct: Sequence[bool], bins: int = ECE_BINS
+) -> float | None:
+    """ECE over `bins` equal confidence bins (the last includes 1.0); None without samples."""
+    conf = np.asarray(confidence, dtype=float)
+    hit = np.asarray(correct, dtype=float)
+    if conf.size == 0:
+        return None
+    index = np.minimum((np.clip(conf, 0.0, 1.0) * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            total += mask.sum() / conf.size * abs(hit[mask].mean() - conf[mask].mean())
+    return float(total)
+
+
+def classification(true: Sequence[str], predicted: Sequence[str]) -> dict[str, Any] | None:
+    """Accuracy, weighted and macro F1, per-class figures and the top confusions of labelled
+    predictions; None without any.
+
+    The classes are those either side names: a served label the truth never uses (a fallback
+    label, say) counts as a class with no support.
+    """
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    if len(true) == 0:
+        return None
+    labels = sorted(set(true) | set(predicted))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true, predicted, labels=labels, zero_division=0
+    )
+    confusions = Counter((t, p) for t, p in zip(true, predicted, strict=True) if t != p)
+    return {
+        "n": len(true),
+        "accuracy": float(accuracy_score(true, predicted)),
+        "weighted_f1": float(
+            f1_score(true, predicted, labels=labels, average="weighted", zero_division=0)
+        ),
+        "macro_f1": float(
+            f1_score(true, predicted, labels=labels, average="macro", zero_division=0)
+        ),
+        "per_class": [
+            {
+                "label": label,
+                "precision": float(precision[k]),
+                "recall": float(recall[k]),
+                "f1": float(f1[k]),
+                "support": int(support[k]),
+            }
+            for k, label in enumerate(labels)
+        ],
+        "confusions": [
+            {"true": t, "predicted": p, "count": n}
+            for (t, p), n in sorted(confusions.items(), key=lambda kv: (-kv[1], kv[0]))[
+                :TOP_CONFUSIONS
+            ]
+        ],
+    }
+
+
+def weighted_f1(true: Sequence[str], predicted: Sequence[str]) -> float | None:
+    """Weighted F1 alone (for the figures over time); None without labelled predictions."""
+    from sklearn.metrics import f1_score
+
+    if len(true) == 0:
+        return None
+    labels = sorted(set(true) | set(predicted))
+    return float(f1_score(true, predicted, labels=labels, average="weighted", zero_division=0))
