@@ -31,6 +31,9 @@ _OPERATIONS: dict[tuple[str, str], tuple[str, int, str, tuple[int, ...]]] = {
         "FeedbackResponse",
         (400, 401, 403, 404, 413, 415, 422),
     ),
+    ("/reports/{model}", "get"): ("insights.model_report", 200, "Report", (404, 422, 503)),
+    ("/dashboard", "get"): ("insights.dashboard", 200, "html", (503,)),
+    ("/dashboard/{model}", "get"): ("insights.model_dashboard", 200, "html", (404, 422, 503)),
     ("/models", "get"): ("models.list_models", 200, "ModelList", ()),
     ("/models/{model}", "get"): ("models.describe_model", 200, "ModelDetail", (404,)),
     ("/health", "get"): ("operations.health", 200, "Health", ()),
@@ -61,7 +64,8 @@ _REASONS = {
     400: "The body is not valid JSON.",
     401: "The admin (or feedback) token is missing or wrong.",
     403: "The admin endpoints (or /feedback) are disabled (no DC_ADMIN_TOKEN, DC_FEEDBACK_TOKEN).",
-    404: "Unknown model (or version; for feedback: no such served prediction).",
+    404: "Unknown model (or version; for feedback: no such served prediction; for a report: "
+    "no version and no prediction of the model in the region).",
     409: "The model's head was trained on another embedder, or the promotion rule refused.",
     413: "Too many texts, or a body over the size limit.",
     415: "The body is not declared as application/json.",
@@ -70,7 +74,7 @@ _REASONS = {
     "classes.",
     429: "The embedder's queue is full: retry after Retry-After seconds.",
     503: "The embedder or the models are not available (texts in the phrase cache still "
-    "work): retry after Retry-After seconds.",
+    "work), or the database cannot be read (reports): retry after Retry-After seconds.",
     500: "An unexpected error (a bug): the envelope carries the request id to report.",
 }
 
@@ -369,8 +373,133 @@ def _schemas(settings: Settings) -> dict[str, Any]:
                 "force": {"type": "boolean", "default": False},
             },
         },
+        "Report": _report_schema(),
         "OpenApiDocument": {"type": "object", "required": ["openapi", "paths"]},
     }
+
+
+_NUMBER = {"type": "number"}
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+_NULLABLE_RATIO = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+_COUNT = {"type": "integer", "minimum": 0}
+_BUCKETS = {"type": "array", "items": {"type": "object", "required": ["start"]}}
+
+
+def _report_schema() -> dict[str, Any]:
+    """The report of `dc.reports.build_report` (its module docstring explains each figure)."""
+
+    def section(required: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "required": list(required), "properties": required}
+
+    return {
+        "type": "object",
+        "required": [
+            "model",
+            "region",
+            "window",
+            "version",
+            "served_version",
+            "reference_version",
+            "versions",
+            "generated_at",
+            "traffic",
+            "predictions",
+            "feedback",
+            "comparison",
+            "notes",
+        ],
+        "properties": {
+            "model": {"type": "string"},
+            "region": {"type": "string"},
+            "window": section(
+                {
+                    "start": {"type": "string"},
+                    "end": {"type": "string"},
+                    "granularity": {"enum": ["hour", "day", "week"]},
+                    "buckets": {"type": "array", "items": {"type": "string"}},
+                }
+            ),
+            "version": _NULLABLE_STRING,
+            "served_version": _NULLABLE_STRING,
+            "reference_version": _NULLABLE_STRING,
+            "versions": {"type": "array", "items": {"type": "string"}},
+            "generated_at": {"type": "string"},
+            "traffic": section(
+                {
+                    "requests": _COUNT,
+                    "texts": _COUNT,
+                    "cache_hit_rate": _NULLABLE_RATIO,
+                    "latency_p50_ms": _NULLABLE_NUMBER,
+                    "latency_p95_ms": _NULLABLE_NUMBER,
+                    "latency_p99_ms": _NULLABLE_NUMBER,
+                    "by_version": {"type": "array", "items": {"type": "object"}},
+                    "buckets": _BUCKETS,
+                }
+            ),
+            "predictions": section(
+                {
+                    "texts": _COUNT,
+                    "labels": {"type": "array", "items": {"type": "object"}},
+                    "psi": _NULLABLE_NUMBER,
+                    "chi_square": {"type": ["object", "null"]},
+                    "drift": {"type": "boolean"},
+                    "drift_rule": {"type": "object"},
+                    "buckets": _BUCKETS,
+                    "mean_probability": _NULLABLE_RATIO,
+                    "probability_histogram": section(
+                        {
+                            "edges": {"type": "array", "items": _NUMBER},
+                            "counts": {"type": "array", "items": _COUNT},
+                        }
+                    ),
+                    "fallback_rate": _NULLABLE_RATIO,
+                    "unseen_share": _NULLABLE_RATIO,
+                }
+            ),
+            "feedback": section(
+                {
+                    "items": _COUNT,
+                    "coverage": _NULLABLE_RATIO,
+                    "accuracy": _NULLABLE_RATIO,
+                    "weighted_f1": _NULLABLE_RATIO,
+                    "macro_f1": _NULLABLE_RATIO,
+                    "ece": _NULLABLE_RATIO,
+                    "test": {"type": ["object", "null"]},
+                    "per_class": {"type": "array", "items": {"type": "object"}},
+                    "confusions": {"type": "array", "items": {"type": "object"}},
+                    "buckets": _BUCKETS,
+                }
+            ),
+            "comparison": {
+                "type": ["object", "null"],
+                "required": ["versions", "figures"],
+            },
+            "notes": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+
+
+_REPORT_PARAMETERS = [
+    ("region", "The region (default: the served region).", {"type": "string", "maxLength": 50}),
+    (
+        "start",
+        "Start of the window, ISO 8601 (without an offset: UTC); or use days.",
+        {"type": "string"},
+    ),
+    ("end", "End of the window, excluded (default: the next full hour).", {"type": "string"}),
+    (
+        "days",
+        "The window as the last days before end (default 7).",
+        {"type": "integer", "minimum": 1, "maximum": 400},
+    ),
+    ("granularity", "Bucket size (default day).", {"enum": ["hour", "day", "week"]}),
+    ("version", "Only the predictions of this version.", {"type": "string", "maxLength": 40}),
+    (
+        "compare",
+        "A second version whose headline figures are set beside the first's.",
+        {"type": "string", "maxLength": 40},
+    ),
+]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -394,7 +523,9 @@ def build_spec(app: Flask, settings: Settings) -> dict[str, Any]:
         view = app.view_functions[endpoint]
         summary = (view.__doc__ or "").strip().splitlines()[0]
         success: dict[str, Any] = {"description": summary, "headers": _ID_HEADERS}
-        if schema:
+        if schema == "html":
+            success["content"] = {"text/html": {"schema": {"type": "string"}}}
+        elif schema:
             success["content"] = {"application/json": {"schema": _ref(schema)}}
         else:
             success["content"] = {"text/plain": {"schema": {"type": "string"}}}
@@ -411,6 +542,11 @@ def build_spec(app: Flask, settings: Settings) -> dict[str, Any]:
         if "{model}" in path:
             operation["parameters"] = [
                 {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+            ]
+        if endpoint in ("insights.model_report", "insights.model_dashboard"):
+            operation["parameters"] = operation.get("parameters", []) + [
+                {"name": name, "in": "query", "description": text, "schema": schema}
+                for name, text, schema in _REPORT_PARAMETERS
             ]
         if path.startswith("/admin"):
             operation["security"] = [{"adminToken": []}]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Request
@@ -223,3 +223,91 @@ def _feedback_item(entry: Any, where: str) -> FeedbackItem:
                 "e.g. 2026-12-01T10:00:00Z"
             )
     return FeedbackItem(strings["request_id"], item, strings["label"], strings["source"], when)
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    """The checked query string of `/reports/<model>` and `/dashboard/<model>`."""
+
+    region: str
+    start: datetime
+    end: datetime
+    granularity: str
+    version: str | None
+    compare: str | None
+
+
+REPORT_PARAMETERS = ("region", "start", "end", "days", "granularity", "version", "compare")
+DEFAULT_REPORT_DAYS = 7
+MAX_REPORT_DAYS = 400
+
+
+def parse_report_query(args: Any, settings: Settings, now: datetime) -> ReportQuery:
+    """Check a report's query string: the window as `start` and `end` (ISO 8601; a time without
+    an offset is UTC) or as the last `days` days up to `end` (default: the next full hour, 7
+    days); `granularity` hour, day or week (default day); optional `region` (default: the
+    served region), `version` and `compare` (a second version).
+
+    The window's own rules (not empty, not too long, not too many buckets) are the core's
+    (`dc.reports.ReportRequest.checked`).
+
+    Raises:
+        InvalidInput: an unknown or repeated parameter, a time that is not ISO 8601, `days` not
+            an integer in 1..400, `days` together with `start`, a name too long.
+    """
+    unknown = sorted(set(args) - set(REPORT_PARAMETERS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown parameter(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(REPORT_PARAMETERS)}"
+        )
+    for name in args:
+        if len(args.getlist(name)) > 1:
+            raise InvalidInput(f"parameter {name!r} is given more than once")
+    end = _report_time(args, "end") or now.replace(minute=0, second=0, microsecond=0) + timedelta(
+        hours=1
+    )
+    start = _report_time(args, "start")
+    if "days" in args:
+        if start is not None:
+            raise InvalidInput("give 'start' or 'days', not both")
+        days = args["days"]
+        if not days.isascii() or not days.isdigit() or not 1 <= int(days) <= MAX_REPORT_DAYS:
+            raise InvalidInput(f"'days' must be an integer from 1 to {MAX_REPORT_DAYS}")
+        start = _days_before(end, int(days))
+    elif start is None:
+        start = _days_before(end, DEFAULT_REPORT_DAYS)
+    names = {}
+    for name, limit in (("region", 50), ("version", 40), ("compare", 40)):
+        value = args.get(name)
+        if value is not None and (not value.strip() or len(value) > limit or "\x00" in value):
+            raise InvalidInput(f"{name!r} must be a non-empty name of at most {limit} characters")
+        names[name] = value
+    return ReportQuery(
+        region=names["region"] or settings.serving_region,
+        start=start,
+        end=end,
+        granularity=args.get("granularity", "day"),
+        version=names["version"],
+        compare=names["compare"],
+    )
+
+
+def _days_before(end: datetime, days: int) -> datetime:
+    try:
+        return end - timedelta(days=days)
+    except OverflowError:
+        raise InvalidInput("'end' is too early for the window it asks for") from None
+
+
+def _report_time(args: Any, name: str) -> datetime | None:
+    value = args.get(name)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(
+            f"{name!r} must be an ISO 8601 time such as 2026-12-01 or 2026-12-01T10:00:00Z"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment

@@ -7,8 +7,9 @@ the model store), serialise. A route's one-line docstring is its summary in `/op
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.openapi import build_spec
@@ -19,10 +20,12 @@ from api.request_validation import (
     parse_feedback,
     parse_predict,
     parse_promote,
+    parse_report_query,
 )
 from api.services import ApiServices
 from dc import feedback as ground_truth
 from dc.errors import NotReady
+from dc.reports.build import ReportRequest
 from dc.serve.pipeline import PredictionResult, predict
 from web.request_ids import client_request_id, request_id
 
@@ -31,6 +34,7 @@ models = Blueprint("models", __name__)
 operations = Blueprint("operations", __name__)
 admin = Blueprint("admin", __name__, url_prefix="/admin")
 outcomes = Blueprint("outcomes", __name__)
+insights = Blueprint("insights", __name__)
 
 
 def services() -> ApiServices:
@@ -98,6 +102,69 @@ def record_feedback():
     items, single = parse_feedback(json_body(request), svc.settings)
     recorded = ground_truth.record(svc.store.sessions, items, svc.store.classes_of)
     return jsonify(recorded[0] if single else {"items": recorded})
+
+
+# --- insights: reports and the dashboard ------------------------------------------------------
+
+
+def _report_request(model: str) -> ReportRequest:
+    query = parse_report_query(request.args, services().settings, datetime.now(UTC))
+    return ReportRequest(
+        model,
+        query.region,
+        query.start,
+        query.end,
+        query.granularity,
+        query.version,
+        query.compare,
+    )
+
+
+@insights.get("/reports/<model>")
+def model_report(model: str):
+    """A production report of a model: traffic, drift, confidence, live accuracy (JSON)."""
+    from dc.reports.service import production_report
+
+    svc = services()
+    return jsonify(production_report(svc.store.sessions, svc.settings, _report_request(model)))
+
+
+@insights.get("/dashboard")
+def dashboard():
+    """The dashboard's front page: every served model's figures over the last 7 days (HTML)."""
+    from dc.reports import render
+    from dc.reports.service import overview
+
+    svc = services()
+    reports = overview(svc.store.sessions, svc.settings, svc.store.names())
+    entries = [
+        {"report": r, "link": url_for(".model_dashboard", model=r["model"])} for r in reports
+    ]
+    return _html(render.render_index(entries, days=7))
+
+
+@insights.get("/dashboard/<model>")
+def model_dashboard(model: str):
+    """One model's production report as a page with charts (HTML; the /reports parameters)."""
+    from dc.reports import render
+    from dc.reports.service import production_report
+
+    svc = services()
+    report = production_report(svc.store.sessions, svc.settings, _report_request(model))
+    links = {
+        "index": url_for(".dashboard"),
+        "json": url_for(".model_report", model=model, **request.args),
+    }
+    return _html(render.render_html(report, links=links))
+
+
+def _html(page: str) -> Response:
+    response = Response(page, mimetype="text/html")
+    # Everything the page shows is in it (inline SVG and CSS): no script, no other origin.
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
+    )
+    return response
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -194,5 +261,5 @@ def promote_model(model: str):
 
 def register_routes(app: Flask) -> None:
     """Attach every blueprint to `app`."""
-    for blueprint in (predictions, outcomes, models, operations, admin):
+    for blueprint in (predictions, outcomes, insights, models, operations, admin):
         app.register_blueprint(blueprint)

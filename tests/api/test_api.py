@@ -539,3 +539,75 @@ def test_feedback_needs_its_own_token(api, api_settings, engine, checker):
         assert "DC_FEEDBACK_TOKEN" in off.get_json()["error"]["message"]
     finally:
         close_app(app)
+
+
+# --- reports and the dashboard --------------------------------------------------------------------
+
+
+def test_a_report_reads_back_what_was_served_and_its_feedback(api, api_app, tiny_versions):
+    texts = ["my card has not arrived yet", "I lost my card", "my card has not arrived yet"]
+    rid = served(api, api_app, texts)
+    served(api, api_app, ["what is the exchange rate"])
+    assert feedback(api, {"request_id": rid, "item": 0, "label": "card_arrival"}).status_code == 200
+
+    response = api.get("/reports/tiny_banking?days=1&granularity=hour")
+    assert response.status_code == 200, response.get_json()
+    report = response.get_json()
+    version = tiny_versions[0].version
+    assert (report["served_version"], report["reference_version"]) == (version, version)
+    assert (report["traffic"]["requests"], report["traffic"]["texts"]) == (2, 4)
+    assert len(report["window"]["buckets"]) == 24
+    predictions = report["predictions"]
+    assert sum(label["count"] for label in predictions["labels"]) == 4
+    # The reference is the served version's own files: its training distribution is there.
+    assert all(label["training_share"] is not None for label in predictions["labels"])
+    assert predictions["psi"] is not None and 0 <= predictions["unseen_share"] <= 1
+    assert report["feedback"]["items"] == 1
+    assert report["feedback"]["coverage"] == pytest.approx(1 / 4)
+    assert report["feedback"]["test"]["weighted_f1"] is not None
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "fragment"),
+    [
+        ("?days=0", 422, "'days' must be an integer"),
+        ("?days=7&start=2026-11-01", 422, "not both"),
+        ("?start=yesterday", 422, "ISO 8601"),
+        ("?start=2026-11-02&end=2026-11-01", 422, "window is empty"),
+        ("?granularity=minute", 422, "granularity must be one of"),
+        ("?days=60&granularity=hour", 422, "coarser granularity"),
+        ("?end=0001-01-02", 422, "too early"),
+        ("?window=7d", 422, "unknown parameter"),
+        ("?days=1&days=2", 422, "more than once"),
+        ("?version=" + "v" * 41, 422, "at most 40 characters"),
+    ],
+)
+def test_a_bad_report_query_gets_a_clear_4xx(api, query, status, fragment):
+    for path in ("/reports/tiny_banking", "/dashboard/tiny_banking"):
+        response = api.get(path + query)
+        assert response.status_code == status, (path, response.get_json())
+        assert fragment in response.get_json()["error"]["message"]
+
+
+def test_a_report_of_an_unknown_model_is_404(api):
+    for path in ("/reports/no_such_model", "/dashboard/no_such_model"):
+        response = api.get(path)
+        assert response.status_code == 404
+        assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_the_dashboard_pages_are_self_contained_html(api, api_app):
+    served(api, api_app, ["my card has not arrived yet"])
+    index = api.get("/dashboard")
+    assert index.status_code == 200
+    assert index.mimetype == "text/html"
+    page = index.get_data(as_text=True)
+    assert 'href="/dashboard/tiny_banking"' in page
+    model = api.get("/dashboard/tiny_banking?days=2")
+    assert model.status_code == 200
+    html = model.get_data(as_text=True)
+    assert html.count("<svg") == 5
+    assert "default-src 'none'" in model.headers["Content-Security-Policy"]
+    # Nothing from another origin, no script: the page works where the API is all there is.
+    assert "<script" not in html
+    assert re.findall(r"(?:href|src)=\"(?!/|#)", html) == []  # no link to another origin

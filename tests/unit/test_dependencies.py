@@ -1,7 +1,7 @@
 """pyproject.toml and the conda files in env/ name the same dependencies, with the same ranges.
 
-The container images install pyproject's groups (api: the core; embedder: + `encoder`; trainer:
-+ `encoder` + `train`) and conda users get them from env/*.yml, so a package added to one and not
+The container images install pyproject's groups (api: the core + `reports`; embedder: +
+`encoder`; trainer: + `encoder` + `train` + `reports`) and conda users get them from env/*.yml, so a package added to one and not
 the other gives an environment unlike the one the tests ran in. Names are compared after PEP 503
 normalisation (lower case, runs of `-`, `_`, `.` equal), so conda-forge's `prometheus_client` is
 pyproject's `prometheus-client`; where conda-forge's package is another distribution
@@ -20,8 +20,14 @@ import yaml  # PyYAML: the dev extra brings it (schemathesis requires it)
 from tests.conftest import REPO
 
 CORE = "core"  # pyproject's [project] dependencies
-# The conda file that mirrors each pyproject group.
-MIRRORS = {"base.yml": CORE, "cpu.yml": "encoder", "gpu.yml": "encoder", "build.yml": "train"}
+# The pyproject groups each conda file mirrors: base.yml is the API image's environment (the core
+# and the reports it serves).
+MIRRORS = {
+    "base.yml": (CORE, "reports"),
+    "cpu.yml": ("encoder",),
+    "gpu.yml": ("encoder",),
+    "build.yml": ("train",),
+}
 # Extras that only pip installs (developers: `pip install -e '.[dev,bench]'`, see env/base.yml).
 PIP_ONLY_GROUPS = frozenset({"dev", "bench"})
 # What every conda file lists without it being a dependency of the project.
@@ -84,32 +90,39 @@ def names(requirements: list[Requirement]) -> set[str]:
 
 def test_every_group_has_its_conda_file_and_every_conda_file_a_group():
     groups = set(pyproject_groups())
-    assert groups == set(MIRRORS.values()) | PIP_ONLY_GROUPS, (
+    mirrored = {group for mirrored in MIRRORS.values() for group in mirrored}
+    assert groups == mirrored | PIP_ONLY_GROUPS, (
         "a pyproject group without a conda file (or a conda file for a group that is gone): "
         "add the file and its line to MIRRORS, or the group to PIP_ONLY_GROUPS"
     )
     assert {path.name for path in (REPO / "env").glob("*.yml")} == set(MIRRORS)
 
 
+def mirrored(file: str) -> list[Requirement]:
+    """The requirements of the pyproject groups that env/<file> mirrors."""
+    groups = pyproject_groups()
+    return [requirement for group in MIRRORS[file] for requirement in groups[group]]
+
+
 @pytest.mark.parametrize("file", sorted(MIRRORS))
 def test_conda_file_lists_every_dependency_of_its_group(file):
-    group = MIRRORS[file]
-    missing = names(pyproject_groups()[group]) - names(conda_file(file)[0])
-    assert not missing, f"env/{file} lacks {sorted(missing)} of pyproject's {group}"
+    missing = names(mirrored(file)) - names(conda_file(file)[0])
+    assert not missing, f"env/{file} lacks {sorted(missing)} of pyproject's {MIRRORS[file]}"
 
 
 @pytest.mark.parametrize("file", sorted(MIRRORS))
 def test_conda_file_lists_nothing_its_group_does_not(file):
-    group = MIRRORS[file]
     packages = conda_file(file)[0]
-    extra = names(packages) - names(pyproject_groups()[group]) - CONDA_ONLY
-    assert not extra, f"env/{file} lists {sorted(extra)}, which pyproject's {group} does not"
+    extra = names(packages) - names(mirrored(file)) - CONDA_ONLY
+    assert not extra, (
+        f"env/{file} lists {sorted(extra)}, which pyproject's {MIRRORS[file]} does not"
+    )
     assert len(packages) == len(names(packages)), f"env/{file} lists a package twice"
 
 
 @pytest.mark.parametrize("file", sorted(MIRRORS))
 def test_conda_file_has_the_ranges_of_its_group(file):
-    wanted = {r.name: r.range for r in pyproject_groups()[MIRRORS[file]]}
+    wanted = {r.name: r.range for r in mirrored(file)}
     differ = {
         r.name: (sorted(r.range), sorted(wanted[r.name]))
         for r in conda_file(file)[0]
