@@ -313,6 +313,43 @@ def list_backups(
 # --- helpers --------------------------------------------------------------------------------
 
 
+def backup_report(folder: Path, settings: Settings, *, region: str, model: str, window: str) -> str:
+    """Upload a report folder (`scripts/report.py`) to
+    `s3://<bucket>/<prefix>/<region>/<model>/reports/<window>/`, each object with its SHA-256
+    as metadata. A report written again for the same window replaces the objects of the same
+    names (reports have no marker: each file is whole, and a reader takes report.json).
+
+    Raises:
+        BackupError: no bucket configured, the folder is empty, or S3 failed.
+    """
+    bucket = _require_bucket(settings)
+    prefix = _version_prefix(settings, region, model, "reports") + _join_key(
+        _check_part("window", window)
+    )
+    uri = f"s3://{bucket}/{prefix}"
+    files, _ = _scan(Path(folder))
+    if not files:
+        raise BackupError(f"cannot back up {folder}: it holds no files")
+    client = s3_client(settings)
+
+    def upload(relative: str) -> None:
+        path = Path(folder) / relative
+        try:
+            client.upload_file(
+                str(path),
+                bucket,
+                prefix + relative,
+                ExtraArgs={"Metadata": {"sha256": sha256_file(path)}},
+                Config=TRANSFER,
+            )
+        except (*_S3_ERRORS, OSError) as exc:
+            raise BackupError(f"backup to {uri} failed on {relative}: {_describe(exc)}") from exc
+
+    _run_parallel(upload, files, desc=f"backup {region}/{model} report {window}")
+    log.info("backed up the report %s to %s (%d files)", folder, uri, len(files))
+    return uri
+
+
 def _require_bucket(settings: Settings) -> str:
     if not settings.s3_bucket:
         raise BackupError("S3 backups are off: DC_S3_BUCKET is empty; set it to a bucket name")

@@ -235,7 +235,7 @@ def test_drift_is_found_on_a_shifted_stream_and_not_on_an_unshifted_one(pg_engin
     training = np.random.default_rng(1).dirichlet(np.full(classes, 5.0))
     reference = VersionReference(
         version="v1",
-        training_counts={f"class{k:02d}": int(round(p * 10_000)) for k, p in enumerate(training)},
+        training_counts={f"class{k:02d}": round(float(p) * 10_000) for k, p in enumerate(training)},
         training_texts=frozenset(),
         test={},
         test_f1={},
@@ -325,3 +325,116 @@ def _same(a, b) -> bool:
         return True
     assert a == b
     return True
+
+
+# --- scripts/report.py ----------------------------------------------------------------------------
+
+
+def _version_folder(root) -> str:
+    """A version folder with what a reference reads: the manifest, the training split and the
+    test report (the same distribution and texts as REFERENCE)."""
+    import json
+
+    folder = root / "eu" / "m" / "v1"
+    (folder / "processed").mkdir(parents=True)
+    manifest = {
+        "version": "v1",
+        "architecture": "mlp",
+        "metrics": {"test": REFERENCE.test},
+        "config": {"serving": {"fallback_label": None, "min_probability": 0.0}},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    texts = {"a": "hello a", "b": "hello b"}
+    rows = [
+        f"{texts.get(label, f'{label} {k}') if k == 0 else f'{label} {k}'},{label}"
+        for label, n in REFERENCE.training_counts.items()
+        for k in range(n)
+    ]
+    (folder / "processed" / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    reports = folder / "models" / "mlp" / "reports"
+    reports.mkdir(parents=True)
+    (reports / "test_report.csv").write_text(
+        "label,precision,recall,f1,support\n"
+        + "".join(f"{k},0,0,{v},1\n" for k, v in REFERENCE.test_f1.items())
+    )
+    return folder.as_uri()
+
+
+def test_the_report_script_writes_the_files_and_backs_them_up(
+    pg_engine, s3_settings, tmp_path, monkeypatch
+):
+    from dc.backup import s3_client
+    from dc.config import get_settings
+    from persistence.models import ModelVersion
+    from tests.script_support import load_script
+
+    _load(pg_engine)
+    uri = _version_folder(tmp_path / "artifacts")
+    with pg_engine.begin() as connection:
+        connection.execute(
+            insert(ModelVersion),
+            [
+                {
+                    "name": "m",
+                    "region": "eu",
+                    "version": "v1",
+                    "status": "promoted",
+                    "metrics": {},
+                    "embedder_fingerprint": "f" * 16,
+                    "artifact_uri": uri,
+                    "config": {},
+                }
+            ],
+        )
+    for name, value in {
+        "DC_S3_BUCKET": s3_settings.s3_bucket,
+        "DC_S3_ENDPOINT_URL": s3_settings.s3_endpoint_url,
+        "DC_S3_PREFIX": "dc-artifacts",
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    script = load_script("report")
+    monkeypatch.setattr(script, "configure_logging", lambda level: None)
+    out = tmp_path / "artifacts"
+    argv = ["--all", "--region", "eu", "--start", "2026-11-10", "--end", "2026-11-12"]
+    argv += ["--out", str(out), "--database-url", pg_engine.url.render_as_string(False)]
+    try:
+        assert script.main(argv) == 0
+    finally:
+        get_settings.cache_clear()
+
+    folder = out / "eu" / "m" / "reports" / "20261110T0000Z_20261112T0000Z_day"
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == sorted(
+        ["report.json", "report.html"]
+        + [f"{chart}.png" for chart in ("traffic", "drift", "labels", "confidence", "live_f1")]
+        + [f"{table}.csv" for table in ("buckets", "labels", "per_class", "confusions")]
+    )
+    import json
+
+    report = json.loads((folder / "report.json").read_text())
+    assert report["reference_version"] == "v1"
+    assert report["predictions"]["psi"] == pytest.approx(0.0095894, abs=1e-6)
+    assert report["feedback"]["weighted_f1"] == pytest.approx((0.5 + 2.4 + 4 / 3) / 6)
+    assert (folder / "traffic.png").read_bytes()[:4] == b"\x89PNG"
+    assert (folder / "per_class.csv").read_text().splitlines()[0].startswith("label,precision")
+    listed = s3_client(s3_settings).list_objects_v2(
+        Bucket=s3_settings.s3_bucket, Prefix="dc-artifacts/eu/m/reports/"
+    )
+    keys = sorted(obj["Key"].rsplit("/", 1)[-1] for obj in listed["Contents"])
+    assert keys == sorted(names)
+
+
+def test_an_unreachable_database_is_a_503_that_tells_no_detail():
+    from dc.errors import DatabaseUnavailable
+    from dc.reports.service import production_report
+    from persistence.db import session_factory
+    from tests.conftest import make_settings
+
+    engine = make_engine("postgresql+psycopg2://nobody@127.0.0.1:1/none")
+    request = ReportRequest("m", "eu", START, END)
+    with pytest.raises(DatabaseUnavailable) as raised:
+        production_report(session_factory(engine), make_settings(), request)
+    assert "127.0.0.1" not in raised.value.message and raised.value.retry_after_s
+    assert raised.value.detail  # logged by the transport, never sent
+    engine.dispose()
