@@ -2,12 +2,29 @@
 #   migrate  alembic upgrade head (before the first API deployment of a new schema)
 #   train    scripts/train.py (retrain, back up to S3, promote what passes the gates), also
 #            on an EventBridge schedule, disabled by default
+#   report   scripts/report.py (every model's production report of the last day, written to
+#            the artifact store and backed up to S3), on a daily schedule, enabled by default
 # Both run on the cluster's capacity (retraining on EC2, as production learned).
 
 locals {
   jobs = {
     migrate = ["migrate"]
     train   = concat(["train"], var.train_command)
+    report  = concat(["python", "scripts/report.py"], var.report_command)
+  }
+
+  # The periodic jobs: which job, when, and whether the schedule runs.
+  schedules = {
+    train = {
+      description = "Retrain every configured model and promote the ones that pass the gates"
+      expression  = var.retrain_schedule
+      enabled     = var.retrain_schedule_enabled
+    }
+    report = {
+      description = "Write every model's production report of the last day and back it up to S3"
+      expression  = var.report_schedule
+      enabled     = var.report_schedule_enabled
+    }
   }
 
   job_container = {
@@ -60,14 +77,20 @@ resource "aws_ecs_task_definition" "job" {
   }
 }
 
-# --- periodic retraining --------------------------------------------------------------------
+# --- periodic retraining and reports ---------------------------------------------------------
 
-resource "aws_scheduler_schedule" "retrain" {
-  name                         = "${local.name}-retrain"
-  description                  = "Retrain every configured model and promote the ones that pass the gates"
-  schedule_expression          = var.retrain_schedule
+moved {
+  from = aws_scheduler_schedule.retrain
+  to   = aws_scheduler_schedule.job["train"]
+}
+
+resource "aws_scheduler_schedule" "job" {
+  for_each                     = local.schedules
+  name                         = "${local.name}-${each.key == "train" ? "retrain" : each.key}"
+  description                  = each.value.description
+  schedule_expression          = each.value.expression
   schedule_expression_timezone = "UTC"
-  state                        = var.retrain_schedule_enabled ? "ENABLED" : "DISABLED"
+  state                        = each.value.enabled ? "ENABLED" : "DISABLED"
   kms_key_arn                  = aws_kms_key.main.arn
 
   flexible_time_window {
@@ -79,7 +102,7 @@ resource "aws_scheduler_schedule" "retrain" {
     role_arn = aws_iam_role.scheduler.arn
 
     ecs_parameters {
-      task_definition_arn     = aws_ecs_task_definition.job["train"].arn_without_revision
+      task_definition_arn     = aws_ecs_task_definition.job[each.key].arn_without_revision
       task_count              = 1
       enable_ecs_managed_tags = true
       propagate_tags          = "TASK_DEFINITION"
@@ -125,9 +148,9 @@ data "aws_iam_policy_document" "scheduler_assume" {
 
 data "aws_iam_policy_document" "scheduler" {
   statement {
-    sid       = "RunTheTrainingTask"
+    sid       = "RunTheScheduledTasks"
     actions   = ["ecs:RunTask"]
-    resources = ["${aws_ecs_task_definition.job["train"].arn_without_revision}:*"]
+    resources = [for job in keys(local.schedules) : "${aws_ecs_task_definition.job[job].arn_without_revision}:*"]
     condition {
       test     = "ArnEquals"
       variable = "ecs:cluster"
@@ -157,7 +180,7 @@ data "aws_iam_policy_document" "scheduler" {
 }
 
 resource "aws_iam_role_policy" "scheduler" {
-  name   = "run-retraining"
+  name   = "run-scheduled-jobs"
   role   = aws_iam_role.scheduler.id
   policy = data.aws_iam_policy_document.scheduler.json
 }

@@ -558,6 +558,24 @@ variable "retrain_schedule_enabled" {
   default     = false
 }
 
+variable "report_command" {
+  description = "Arguments of the report task (scripts/report.py): by default every model's report of the last complete UTC day."
+  type        = list(string)
+  default     = ["--all", "--days", "1"]
+}
+
+variable "report_schedule" {
+  description = "EventBridge Scheduler expression of the daily production reports (UTC)."
+  type        = string
+  default     = "cron(30 0 * * ? *)"
+}
+
+variable "report_schedule_enabled" {
+  description = "Write the production reports on their schedule."
+  type        = bool
+  default     = true
+}
+
 variable "trainer_settings" {
   description = "More DC_* settings for the migration and retraining tasks, e.g. { DC_PROMOTION_TOLERANCE = \"0.01\" }."
   type        = map(string)

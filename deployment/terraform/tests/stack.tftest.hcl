@@ -296,8 +296,16 @@ run "stack" {
     error_message = "A rotation of the database secret must redeploy the API (new tasks read the new password)."
   }
   assert {
-    condition     = aws_scheduler_schedule.retrain.state == (var.retrain_schedule_enabled ? "ENABLED" : "DISABLED")
+    condition     = aws_scheduler_schedule.job["train"].state == (var.retrain_schedule_enabled ? "ENABLED" : "DISABLED")
     error_message = "The retraining schedule follows retrain_schedule_enabled."
+  }
+  assert {
+    condition     = aws_scheduler_schedule.job["report"].state == "ENABLED" && aws_scheduler_schedule.job["report"].schedule_expression == var.report_schedule
+    error_message = "The daily report runs on report_schedule, on by default."
+  }
+  assert {
+    condition     = jsondecode(aws_ecs_task_definition.job["report"].container_definitions)[0].command == ["python", "scripts/report.py", "--all", "--days", "1"]
+    error_message = "The report task runs scripts/report.py for every model and the last day."
   }
   assert {
     condition     = alltrue([for repository in values(aws_ecr_repository.image) : repository.image_tag_mutability == "IMMUTABLE" && repository.image_scanning_configuration[0].scan_on_push])
