@@ -18,6 +18,8 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
+from dc.reports.stats import expected_calibration_error
+
 PER_CLASS_COLUMNS = ["label", "precision", "recall", "f1", "support"]
 
 
@@ -32,15 +34,21 @@ class Evaluation:
     macro_f1: float
     per_class: pd.DataFrame
     n: int
+    # Expected calibration error of the top probability (`dc.reports.stats`), when the
+    # probabilities were given: the production reports compare live calibration with it.
+    ece: float | None = None
 
     def summary(self) -> dict:
         """The headline numbers as plain JSON-ready values (floats rounded to 6 places)."""
-        return {
+        summary = {
             "accuracy": round(float(self.accuracy), 6),
             "weighted_f1": round(float(self.weighted_f1), 6),
             "macro_f1": round(float(self.macro_f1), 6),
             "n": int(self.n),
         }
+        if self.ece is not None:
+            summary["ece"] = round(float(self.ece), 6)
+        return summary
 
 
 def _class_ids(values, n_labels: int, name: str) -> np.ndarray:
@@ -56,13 +64,15 @@ def _class_ids(values, n_labels: int, name: str) -> np.ndarray:
     return ids.astype(np.int64, copy=False)
 
 
-def evaluate(y_true, y_pred, labels: Sequence[str]) -> Evaluation:
+def evaluate(y_true, y_pred, labels: Sequence[str], confidence=None) -> Evaluation:
     """Score predicted class ids against true ones.
 
     Args:
         y_true: true class ids, indices into `labels`.
         y_pred: predicted class ids, same length.
         labels: every class name, in class-id order.
+        confidence: optionally, the probability of each predicted class: gives `ece`, the
+            expected calibration error (10 equal bins).
 
     Returns:
         An `Evaluation`. `per_class` has one row per label in `labels` order, including labels
@@ -105,6 +115,9 @@ def evaluate(y_true, y_pred, labels: Sequence[str]) -> Evaluation:
         macro_f1=float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         per_class=per_class,
         n=len(y_true),
+        ece=None
+        if confidence is None
+        else expected_calibration_error(confidence, np.asarray(y_pred) == np.asarray(y_true)),
     )
 
 

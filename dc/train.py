@@ -202,8 +202,9 @@ class Trainer:
         Returns:
             (Evaluation, predicted class ids).
         """
-        predicted = self.predict_proba(model, x).argmax(axis=1)
-        return evaluate(y, predicted, labels), predicted
+        probabilities = self.predict_proba(model, x)
+        predicted = probabilities.argmax(axis=1)
+        return evaluate(y, predicted, labels, probabilities.max(axis=1)), predicted
 
 
 def _epoch_progress(epochs: int, disabled: bool | None) -> keras.callbacks.Callback:

@@ -37,6 +37,16 @@ def test_evaluate_matches_hand_computed_scores():
     }
 
 
+def test_with_confidences_the_summary_has_the_calibration_error():
+    # Correct: 1 1 0 1 0 1 0. Bins of 0.1: .95 and .91 right (gap |1 - .93| = .07, 2 of 7);
+    # .85 wrong (.85); .72 right (.28); .65 wrong (.65); .55 right (.45); .15 wrong (.15).
+    confidence = [0.95, 0.91, 0.85, 0.72, 0.65, 0.55, 0.15]
+    result = evaluate(Y_TRUE, Y_PRED, LABELS, confidence)
+    expected = (2 * 0.07 + 0.85 + 0.28 + 0.65 + 0.45 + 0.15) / 7
+    assert result.ece == pytest.approx(expected)
+    assert result.summary()["ece"] == round(expected, 6)
+
+
 def test_per_class_has_one_row_per_label_in_label_order():
     per_class = evaluate(Y_TRUE, Y_PRED, LABELS).per_class
 
