@@ -480,24 +480,36 @@ def _report_schema() -> dict[str, Any]:
 
 
 _REPORT_PARAMETERS = [
-    ("region", "The region (default: the served region).", {"type": "string", "maxLength": 50}),
+    (
+        "region",
+        "The region (default: the served region).",
+        {"type": "string", "minLength": 1, "maxLength": 50},
+    ),
     (
         "start",
-        "Start of the window, ISO 8601 (without an offset: UTC); or use days.",
-        {"type": "string"},
+        "Start of the window, ISO 8601 (a date, or a time without an offset: UTC); or use days.",
+        {"type": "string", "format": "date-time"},
     ),
-    ("end", "End of the window, excluded (default: the next full hour).", {"type": "string"}),
+    (
+        "end",
+        "End of the window, excluded (default: the next full hour).",
+        {"type": "string", "format": "date-time"},
+    ),
     (
         "days",
         "The window as the last days before end (default 7).",
         {"type": "integer", "minimum": 1, "maximum": 400},
     ),
     ("granularity", "Bucket size (default day).", {"enum": ["hour", "day", "week"]}),
-    ("version", "Only the predictions of this version.", {"type": "string", "maxLength": 40}),
+    (
+        "version",
+        "Only the predictions of this version.",
+        {"type": "string", "minLength": 1, "maxLength": 40},
+    ),
     (
         "compare",
         "A second version whose headline figures are set beside the first's.",
-        {"type": "string", "maxLength": 40},
+        {"type": "string", "minLength": 1, "maxLength": 40},
     ),
 ]
 
