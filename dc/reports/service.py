@@ -62,9 +62,7 @@ def overview(
 ) -> list[dict[str, Any]]:
     """The report of each of `models` in the serving region over the last `days` days (the
     dashboard's front page), by name."""
-    end = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0) + timedelta(
-        hours=1
-    )
+    end = (now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     start = end - timedelta(days=days)
     return [
         production_report(
