@@ -91,6 +91,8 @@ def create_app(settings: Settings | None = None, *, embedder: Embedder | None = 
             batch_size=settings.log_batch_size,
             flush_interval_s=settings.log_flush_interval_ms / 1000,
             retry_interval_s=settings.log_retry_s,
+            partitions_ahead_days=settings.partitions_ahead_days,
+            retention_days=settings.inference_retention_days,
             listener=metrics.on_log_event,
         ),
         metrics=metrics,

@@ -286,6 +286,24 @@ class Settings(_EmbeddingSettings):
         "prediction rows not written yet (replayed when the database is back) and the last "
         "promoted registry rows (a worker starting during an outage serves from them).",
     )
+    inference_retention_days: int = Field(
+        0,
+        ge=0,
+        description="Days of the inference log kept on PostgreSQL, where `inferences` is "
+        "partitioned by UTC day: each API worker's log writer (at start, then hourly) and "
+        "`make maintain-partitions` drop whole days older than this, rows and all. 0 keeps "
+        "everything: dropping predictions is a decision to take, not a default (feedback that "
+        "arrives later, and scripts/feedback_to_training.py, need the prediction's row). About "
+        "760 bytes a prediction with its indexes (README, The log at scale).",
+    )
+    partitions_ahead_days: int = Field(
+        7,
+        ge=0,
+        description="Daily partitions of `inferences` kept made ahead of today (PostgreSQL), "
+        "by the same maintenance: a week of slack for a maintenance run that fails or waits "
+        "on a lock. A row whose day has no partition is never refused: it goes to the default "
+        "partition, and moves to its own when that day's partition is made.",
+    )
 
     @property
     def database_url_or_default(self) -> str:

@@ -148,17 +148,39 @@ class ModelVersion(Base):
 class Inference(Base):
     """One served prediction (the inference log), written by `persistence.inference_log`.
 
-    A request of N texts gives N rows, `item` 0..N-1. (`request_id`, `item`) is the primary
-    key, so a row written twice (a replayed spool, a retried batch) is stored once; there is no
-    surrogate id, whose extra index every prediction would pay for. `request_id` is always made
-    by the server (no client can collide with another request's rows); the caller's own
-    X-Request-ID, when it sent one, is `client_request_id`, for correlation only.
+    A request of N texts gives N rows, `item` 0..N-1; (`request_id`, `item`) names the
+    prediction (feedback refers to it). `request_id` is always made by the server (no client can
+    collide with another request's rows); the caller's own X-Request-ID, when it sent one, is
+    `client_request_id`, for correlation only. There is no surrogate id, whose extra index
+    every prediction would pay for.
+
+    On PostgreSQL the table is partitioned by day of `created_at` (migration 0005,
+    `persistence.partitions`), and the key of a partitioned table must hold the partition key:
+    the primary key is (`request_id`, `item`, `created_at`), as declared here. A row written
+    twice (a replayed spool, a retried batch) carries the same `created_at`, so it is still
+    stored once; a look-up by (`request_id`, `item`) uses the key's prefix in each partition.
+    SQLite keeps the plain table and the key (`request_id`, `item`) of migration 0002 (0005
+    changes nothing there); `create_all` on SQLite gives a plain table with this model's key.
     """
 
     __tablename__ = "inferences"
     __table_args__ = (
-        # Production analysis: one model over a time range.
-        Index("ix_inferences_model_region_created_at", "model", "region", "created_at"),
+        # Production analysis: one model over a time range. On PostgreSQL it also carries the
+        # columns the reports sum, so their scans of a window read the index alone (0006).
+        Index(
+            "ix_inferences_model_region_created_at",
+            "model",
+            "region",
+            "created_at",
+            postgresql_include=[
+                "version",
+                "item",
+                "predicted_label",
+                "probability",
+                "cache_hit",
+                "latency_ms",
+            ],
+        ),
         # Look-ups by the caller's id. Partial: most requests send none, and a row without one
         # then costs no index entry.
         Index(
@@ -167,11 +189,13 @@ class Inference(Base):
             postgresql_where=sql_text("client_request_id IS NOT NULL"),
             sqlite_where=sql_text("client_request_id IS NOT NULL"),
         ),
+        # PostgreSQL only; the partitions themselves are made by `persistence.partitions`.
+        {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
     request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     item: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True, default=utcnow)
     model: Mapped[str] = mapped_column(String(100))
     region: Mapped[str] = mapped_column(String(50))
     version: Mapped[str] = mapped_column(String(40))
@@ -199,15 +223,18 @@ class Feedback(Base):
 
     One row per (`request_id`, `item`, `source`): the same feedback sent again changes nothing,
     a new label from the same source replaces the old one, and two sources may disagree (both
-    kept). `model`, `region` and `version` are copied from the prediction's inference row when
-    the feedback is recorded, so reports read one model's feedback without a join to find it.
+    kept). `model`, `region`, `version`, the prediction's time, served label and probability are
+    copied from the prediction's inference row when the feedback is recorded, so reports read
+    one model's feedback without a join into the log.
     """
 
     __tablename__ = "feedback"
     __table_args__ = (
         UniqueConstraint("request_id", "item", "source"),
-        # Reports: one model's feedback over a time range.
+        # One model's feedback over a time range: by when it was known, and (the reports) by
+        # when the prediction was made.
         Index("ix_feedback_model_region_time", "model", "region", "feedback_time"),
+        Index("ix_feedback_model_region_prediction_time", "model", "region", "prediction_time"),
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
@@ -220,6 +247,13 @@ class Feedback(Base):
     version: Mapped[str] = mapped_column(String(40))
     # When the truth was known (the caller's time, else the time it was recorded).
     feedback_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Copied from the prediction (its created_at, served label and probability) when the
+    # feedback is recorded: the reports read feedback alone, also after the log's retention
+    # dropped the prediction. NULL only for rows older than migration 0006 whose prediction was
+    # gone by then.
+    prediction_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    predicted_label: Mapped[str | None] = mapped_column(String(200))
+    probability: Mapped[float | None] = mapped_column(Float)
     recorded_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     def __repr__(self) -> str:

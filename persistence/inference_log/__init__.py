@@ -6,9 +6,12 @@ in-memory queue; it never waits on the database and never raises. Because the ro
 journal before the answer is sent, a prediction that was answered survives the death of the
 process that answered it (SIGKILL, the OOM killer), not only an orderly shutdown. One background
 writer thread per process takes rows off the queue in batches and inserts each batch with a
-single ``INSERT ... ON CONFLICT (request_id, item) DO NOTHING``, so a row written twice (a
-retried batch, a replayed journal) is stored exactly once; journal segments whose rows are all
-committed are deleted.
+single ``INSERT ... ON CONFLICT (request_id, item, created_at) DO NOTHING`` (on SQLite, whose
+table is not partitioned, ``(request_id, item)``), so a row written twice (a retried batch, a
+replayed journal, which carries the row's `created_at`) is stored exactly once; journal segments
+whose rows are all committed are deleted. The same thread keeps the table's daily partitions on
+PostgreSQL (`persistence.partitions`): at its start and hourly, it makes the coming days' and
+drops the expired ones.
 
 The key (`request_id`, `item`) is made by the server (`web.request_ids.request_id`: 128 random
 bits), never taken from a client, so no client can make another request's row collide. A row

@@ -1,12 +1,16 @@
 """Rows into the `inferences` table: one idempotent statement per batch, row by row when a
 batch is refused.
 
-Every insert is ``INSERT ... ON CONFLICT (request_id, item) DO NOTHING`` (or its COPY form on
-PostgreSQL, `persistence.inference_log.postgres`), so a row written twice (a retried batch, a
-replayed journal) is stored once. When a batch stores fewer rows than it was given, the rows
-whose key holds *different* values are found and quarantined as conflicts; an identical row
-under the same key is a replay, and harmless. The outage rule (`is_outage`) decides, after any
-error, whether the rows are kept for later or a row is to blame.
+Every insert is ``INSERT ... ON CONFLICT (<key>) DO NOTHING`` (or its COPY form on PostgreSQL,
+`persistence.inference_log.postgres`), so a row written twice (a retried batch, a replayed
+journal) is stored once. The key is the table's primary key: (request_id, item, created_at) on
+PostgreSQL, whose table is partitioned by `created_at` (migration 0005), (request_id, item) on
+SQLite; a replayed row carries its journal line's `created_at`, so it meets its twin either way.
+When a batch stores fewer rows than it was given, the rows whose key holds *different* values
+are found and quarantined as conflicts; an identical row under the same key is a replay, and
+harmless. The outage rule (`is_outage`) decides, after any error, whether the rows are kept for
+later or a row is to blame. The writer also keeps the table's partitions through this class
+(`maintain_partitions`), on the same engine.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from persistence.db import make_engine
 from persistence.inference_log.outage import is_outage, summary
+from persistence.inference_log.postgres import KEY as POSTGRES_KEY
 from persistence.inference_log.postgres import copy_batch
 from persistence.inference_log.quarantine import Quarantine
 from persistence.inference_log.record import (
@@ -30,12 +35,15 @@ from persistence.inference_log.record import (
     record_to_row,
     same_values,
 )
-from persistence.models import Inference
+from persistence.models import Inference, utcnow
+from persistence.partitions import Maintenance, maintain
 
 log = logging.getLogger(__name__)
 
 # Keys per look-up of stored rows when a batch stored fewer rows than it was given.
 _LOOKUP_CHUNK = 400
+# The primary key of `inferences` on SQLite, which migration 0005 leaves unpartitioned.
+SQLITE_KEY = ("request_id", "item")
 
 
 @dataclass
@@ -62,12 +70,15 @@ class Database:
         self.engine = make_log_engine(url)
         self._quarantine = quarantine
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        # The primary key as the migrations make it on each back-end (see the module docstring).
+        self._key = POSTGRES_KEY if dialect is postgresql else SQLITE_KEY
         self._insert_statement = dialect.insert(Inference.__table__).on_conflict_do_nothing(
-            index_elements=["request_id", "item"]
+            index_elements=list(self._key)
         )
         # PostgreSQL gets its batches by COPY (see `copy_batch`); this statement serves it
         # only for the row-by-row retry of a refused batch, and SQLite for everything.
         self._copy = dialect is postgresql
+        self._partitioned = dialect is postgresql  # SQLite's table is never partitioned
         # PostgreSQL text cannot hold NUL characters (SQLite can): stored as U+FFFD there.
         self._strip_nul = dialect is postgresql
         self.probe_error: BaseException | None = None
@@ -82,6 +93,24 @@ class Database:
             log.debug("inference database probe failed: %s", summary(error))
             return False
         return True
+
+    def maintain_partitions(self, days_ahead: int, retention_days: int) -> Maintenance | None:
+        """Keep the daily partitions of `inferences` (`persistence.partitions.maintain`), in a
+        transaction of its own: drop those older than `retention_days` (0: none), make those
+        up to `days_ahead` days from today.
+
+        Returns:
+            What was done; None on SQLite, without a connection.
+
+        Raises:
+            Whatever the database raises (a lock not granted in time, an outage).
+        """
+        if not self._partitioned:
+            return None
+        with self.engine.begin() as connection:
+            return maintain(
+                connection, utcnow(), days_ahead=days_ahead, retention_days=retention_days
+            )
 
     def insert(self, records: Sequence[InferenceRecord]) -> Outcome:
         """Insert `records`, in one statement if possible, else row by row.
@@ -199,20 +228,23 @@ class Database:
             result = connection.execute(self._insert_statement, rows)
             if result.rowcount == len(rows):
                 return []
-            return _differing_rows(connection, rows)
+            return _differing_rows(connection, rows, self._key)
 
 
-def _differing_rows(connection: Any, rows: list[dict[str, Any]]) -> list[int]:
-    """Indexes of `rows` whose key holds a stored row with other values (inside the caller's
-    transaction, after its insert), compared in Python: SQLite, and single rows anywhere."""
+def _differing_rows(
+    connection: Any, rows: list[dict[str, Any]], key_columns: Sequence[str]
+) -> list[int]:
+    """Indexes of `rows` whose key (`key_columns`, the conflict target) holds a stored row with
+    other values (inside the caller's transaction, after its insert), compared in Python:
+    SQLite, and single rows anywhere."""
     table = Inference.__table__
-    key = tuple_(table.c.request_id, table.c.item)
-    stored: dict[tuple[str, int], Any] = {}
-    keys = [(row["request_id"], row["item"]) for row in rows]
+    key = tuple_(*(table.c[name] for name in key_columns))
+    stored: dict[tuple[Any, ...], Any] = {}
+    keys = [tuple(row[name] for name in key_columns) for row in rows]
     for start in range(0, len(keys), _LOOKUP_CHUNK):
         query = select(table).where(key.in_(keys[start : start + _LOOKUP_CHUNK]))
         for found in connection.execute(query).mappings():
-            stored[(found["request_id"], found["item"])] = found
+            stored[tuple(found[name] for name in key_columns)] = found
     return [
         i
         for i, (k, row) in enumerate(zip(keys, rows, strict=True))

@@ -1,6 +1,14 @@
 """The batch path on PostgreSQL: COPY into a per-connection temporary table, then one
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.
 
+The conflict target is the partitioned table's primary key, (`request_id`, `item`,
+`created_at`) (migration 0005: a key of a partitioned table must hold the partition key). A
+replayed or retried row carries the `created_at` of its journal line, so it meets its stored
+twin on the key and is stored once; a row that differs from the stored one under that key is
+found by `_DIFFERING_STAGE` and quarantined. PostgreSQL cannot make (`request_id`, `item`)
+alone unique across partitions; it stays unique because the server makes a fresh `request_id`
+for every request (`web.request_ids`) and fixes `created_at` when it makes the record.
+
 Measured on this machine with 500-row batches (30,000 rows): an executemany through SQLAlchemy
 cost 42-52 us of the API worker's CPU per row and sent one statement per row (SQLAlchemy 2.1
 does not page ON CONFLICT without RETURNING); with RETURNING, 24 us; COPY, about 10 us, and the
@@ -31,21 +39,24 @@ _COPY_STAGE = (
     f"COPY {_STAGE} ({', '.join(COLUMNS)}) FROM STDIN "
     "WITH (FORMAT csv, FORCE_NULL (client_request_id))"
 )
+# The primary key of the partitioned `inferences`: the conflict target of every insert.
+KEY = ("request_id", "item", "created_at")
 _MERGE_STAGE = (
     f"INSERT INTO inferences ({', '.join(COLUMNS)}) "
-    f"SELECT {', '.join(COLUMNS)} FROM {_STAGE} ON CONFLICT (request_id, item) DO NOTHING"
+    f"SELECT {', '.join(COLUMNS)} FROM {_STAGE} ON CONFLICT ({', '.join(KEY)}) DO NOTHING"
 )
 # Run only when the merge stored fewer rows than the stage holds: the staged rows whose key
-# holds a stored row with other values. json has no equality operator: compared as jsonb.
+# holds a stored row with other values (joined on the whole key, so that each staged row is
+# looked up in its own day's partition only). json has no equality operator: compared as jsonb.
 _COMPARED = [
     f"{{0}}.{name}::jsonb" if name == "top_k" else f"{{0}}.{name}"
     for name in COLUMNS
-    if name not in ("request_id", "item")
+    if name not in KEY
 ]
 _DIFFERING_STAGE = (
-    f"SELECT s.request_id, s.item FROM {_STAGE} s "
-    "JOIN inferences i ON i.request_id = s.request_id AND i.item = s.item "
-    f"WHERE ({', '.join(c.format('s') for c in _COMPARED)}) "
+    f"SELECT s.request_id, s.item FROM {_STAGE} s JOIN inferences i ON "
+    + " AND ".join(f"i.{name} = s.{name}" for name in KEY)
+    + f" WHERE ({', '.join(c.format('s') for c in _COMPARED)}) "
     f"IS DISTINCT FROM ({', '.join(c.format('i') for c in _COMPARED)})"
 )
 

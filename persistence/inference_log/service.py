@@ -50,6 +50,11 @@ class InferenceLog:
         listener: called as ``listener(kind, value)`` for "enqueued", "written", "spooled",
             "replayed", "dropped", "conflicts" (value: rows) and "lag" (value: seconds), from the
             thread that did the work. Must be cheap; an exception from it is logged and ignored.
+        partitions_ahead_days: on PostgreSQL, the writer keeps the daily partitions of
+            `inferences` made from today to this many days ahead (`persistence.partitions`; at
+            its start, then hourly).
+        retention_days: on PostgreSQL, the writer drops the partitions older than this many
+            days (the rows in them are gone); 0 keeps everything.
     """
 
     def __init__(
@@ -63,11 +68,15 @@ class InferenceLog:
         retry_interval_s: float = 2.0,
         segment_bytes: int = 1 << 20,
         listener: Callable[[str, float], None] | None = None,
+        partitions_ahead_days: int = 7,
+        retention_days: int = 0,
     ) -> None:
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be at least 1")
         if flush_interval_s <= 0 or retry_interval_s <= 0:
             raise ValueError("flush_interval_s and retry_interval_s must be positive")
+        if partitions_ahead_days < 0 or retention_days < 0:
+            raise ValueError("partitions_ahead_days and retention_days must be 0 or more")
         folder = Path(spool_dir)
         self._max_queue = max_queue
         self._counters = Counters(listener)
@@ -86,6 +95,8 @@ class InferenceLog:
             max_queue=max_queue,
             batch_size=batch_size,
             flush_interval_s=flush_interval_s,
+            partitions_ahead_days=partitions_ahead_days,
+            retention_days=retention_days,
         )
         # Held while checking `_closed` and putting rows on the queue, and by close() to set it:
         # after close() no row can land on a queue that nobody drains any more.

@@ -7,6 +7,14 @@ database is probed every `retry_interval_s`; when it answers, the spool is repla
 rows are replayed as soon as the queue has room, other processes' left-behind files every
 `_ORPHAN_SCAN_S`. Whatever goes wrong, every row taken off the queue ends up in the database
 or on disk (or, disk full, counted as dropped), and is counted as done exactly once.
+
+The thread also keeps the table's daily partitions on PostgreSQL (`persistence.partitions`):
+once the database answers at its start, then every `_MAINTENANCE_S` while it is available,
+between batches, never on a request's path. Every worker's writer does so; the first to take
+the maintenance lock does the work, the others find nothing left to do. A failure (a lock not
+granted within its timeout, say) is a WARNING, and the next interval tries again: the
+partitions made `partitions_ahead_days` ahead leave days of slack, and a row whose day has no
+partition still goes to the default one.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import time
 
 from persistence.inference_log.counters import Counters
 from persistence.inference_log.database import Database
-from persistence.inference_log.outage import Availability
+from persistence.inference_log.outage import Availability, summary
 from persistence.inference_log.quarantine import Quarantine
 from persistence.inference_log.replay import Replayer
 from persistence.inference_log.rowqueue import Item, RowQueue
@@ -28,6 +36,8 @@ log = logging.getLogger(__name__)
 # How often the writer looks for spool files left by other (dead) processes while the database
 # is available; its own spilled rows are replayed as soon as the queue has room.
 _ORPHAN_SCAN_S = 30.0
+# How often the writer keeps the table's partitions (PostgreSQL) while the database is available.
+_MAINTENANCE_S = 3600.0
 
 
 class Writer:
@@ -38,6 +48,8 @@ class Writer:
         max_queue: the queue's limit (replay waits while it is more than half full).
         batch_size: most rows per insert.
         flush_interval_s: longest the thread waits to fill a batch once a row is queued.
+        partitions_ahead_days: daily partitions kept made ahead of today (PostgreSQL).
+        retention_days: partitions older than this many days are dropped (0: none).
     """
 
     def __init__(
@@ -52,6 +64,8 @@ class Writer:
         max_queue: int,
         batch_size: int,
         flush_interval_s: float,
+        partitions_ahead_days: int,
+        retention_days: int,
     ) -> None:
         self._rows = rows
         self._database = database
@@ -78,6 +92,9 @@ class Writer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_orphan_scan = 0.0
+        self._partitions_ahead_days = partitions_ahead_days
+        self._retention_days = retention_days
+        self._next_maintenance = 0.0
 
     def start(self) -> None:
         """Start the thread (a daemon), once; it first replays spool files left behind."""
@@ -144,7 +161,8 @@ class Writer:
             self._batch_size,
             self._spool.folder,
         )
-        self._try_database()  # and replay what earlier runs or dead workers left
+        if self._try_database():  # and replay what earlier runs or dead workers left
+            self._maintain_partitions()
         while True:
             try:
                 with self._take_lock:
@@ -201,7 +219,8 @@ class Writer:
             self._counters.done(len(records))
 
     def _housekeeping(self) -> None:
-        """Between batches: retry the database when due; replay spilled and orphaned rows."""
+        """Between batches: retry the database when due; replay spilled and orphaned rows;
+        keep the partitions when due."""
         if self._stop.is_set():
             return
         now = time.monotonic()
@@ -209,6 +228,8 @@ class Writer:
             if self._availability.retry_due():
                 self._try_database()
             return
+        if now >= self._next_maintenance:
+            self._maintain_partitions()
         # Replay only with room in the queue: an overloaded writer first serves the queue.
         roomy = self._rows.qsize() < max(self._max_queue // 2, 1)
         if roomy and (self._spool.pending or now >= self._next_orphan_scan):
@@ -219,6 +240,26 @@ class Writer:
                 or any(True for _ in self._spool.candidates())
             ):
                 self.replay_spool()
+
+    def _maintain_partitions(self) -> None:
+        """Drop the expired partitions and make the coming days' (`Database.maintain_partitions`).
+
+        Never raises: an error is logged at WARNING and the next interval tries again.
+        """
+        self._next_maintenance = time.monotonic() + _MAINTENANCE_S
+        try:
+            done = self._database.maintain_partitions(
+                self._partitions_ahead_days, self._retention_days
+            )
+        except Exception as error:  # the writer's own work goes on; retried next interval
+            log.warning(
+                "inference log: partition maintenance failed (%s); trying again in %.0f s",
+                summary(error),
+                _MAINTENANCE_S,
+            )
+            return
+        if done is not None and done.busy:
+            log.debug("inference log: partition maintenance left to the session that holds it")
 
     def _try_database(self) -> bool:
         """Probe the database; when it answers, mark it available and replay the spool."""

@@ -16,6 +16,7 @@ from sqlalchemy.pool import NullPool
 from dc.config import get_settings
 from persistence.db import make_engine
 from persistence.models import Base
+from persistence.partitions import is_partition
 
 config = context.config
 target_metadata = Base.metadata
@@ -38,6 +39,12 @@ def database_url() -> str:
     )
 
 
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """What autogenerate (and `alembic check`) compares: everything but the inference log's
+    partitions, which `persistence.partitions` makes at run time and no model describes."""
+    return not (type_ == "table" and name is not None and is_partition(name))
+
+
 def run_migrations_offline() -> None:
     """Emit the SQL to stdout (`alembic upgrade head --sql`) instead of running it."""
     url = database_url()
@@ -47,6 +54,7 @@ def run_migrations_offline() -> None:
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
         render_as_batch=url.startswith("sqlite"),
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -63,6 +71,7 @@ def run_migrations_online() -> None:
                 # SQLite cannot ALTER most things: later revisions get copy-and-move batches.
                 render_as_batch=connection.dialect.name == "sqlite",
                 compare_type=True,
+                include_name=include_name,
             )
             with context.begin_transaction():
                 if connection.dialect.name == "postgresql":
