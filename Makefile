@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup export demo train run run-api run-embedder replay-spool loadtest test test-fast deploy-lint terraform-moto image-test bench bench-smoke lint format golden clean
+.PHONY: help setup browser export demo train run run-api run-embedder replay-spool maintain-partitions loadtest notebooks test test-fast deploy-lint terraform-moto image-test bench bench-smoke lint format golden clean
 
 help: ## List the targets with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -31,13 +31,22 @@ run-api: ## Serve only the prediction API under gunicorn on DC_API_HOST:DC_API_P
 replay-spool: ## Write spooled inference-log rows to the database now
 	$(PY) scripts/replay_spool.py
 
+maintain-partitions: ## Make the inference log's coming daily partitions, drop the expired (PostgreSQL)
+	$(PY) scripts/maintain_partitions.py
+
 run-embedder: ## Serve the embedder under gunicorn on DC_EMBEDDER_HOST:DC_EMBEDDER_PORT
 	$(VENV)/bin/gunicorn -c embedder/gunicorn.conf.py
 
 loadtest: setup ## JMeter load test of the running API (make run first); writes var/loadtest/summary.{json,md}
 	bash scripts/loadtest.sh
 
-test: setup ## Set up, check the layer contracts and the deployment's files, run every test (the fast tier first), then every benchmark's smoke run (what CI runs)
+browser: ## Debian's chromium for the dashboard's browser test, when it is missing (apt-get)
+	@bash scripts/setup.sh --browser
+
+notebooks: setup ## Execute notebooks/final/*.ipynb (DC_NOTEBOOK_SAMPLE rows, default all; ~2 min) and render them to HTML in var/notebooks/
+	$(PY) notebooks/final/run_notebooks.py --html-dir var/notebooks
+
+test: setup browser ## Set up, check the layer contracts and the deployment's files, run every test (the fast tier first), then every benchmark's smoke run (what CI runs)
 	$(VENV)/bin/lint-imports --no-cache
 	$(MAKE) --no-print-directory deploy-lint
 	$(MAKE) --no-print-directory terraform-moto
@@ -60,9 +69,9 @@ image-test: setup ## (slow, needs buildah and mmdebstrap) build the three images
 # What `make bench` runs, in order (bench/<name>.py). A missed target (exit status 1) does not
 # stop the others: each writes its results, and the target fails at the end.
 BENCHMARKS := bench_embedder bench_tf_threads bench_heads bench_api bench_design sweep_sizing \
-	bench_overload
+	bench_overload bench_log_size bench_reports
 
-bench: setup demo ## Encoder, embedder, heads, API, design a-e, sizing, overload (~15 min); writes bench/results/
+bench: setup demo ## Encoder, embedder, heads, API, design a-e, sizing, overload, log size, reports on 1M rows (~20 min); writes bench/results/
 	@failed=""; for name in $(BENCHMARKS); do \
 		echo "== bench/$$name.py"; $(PY) bench/$$name.py; status=$$?; \
 		[ $$status -ne 130 ] || exit 130; [ $$status -eq 0 ] || failed="$$failed $$name"; \

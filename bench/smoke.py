@@ -81,12 +81,14 @@ SMOKE_LANES = (
         ("bench_heads", ["bench/bench_heads.py", "--smoke"]),
         ("bench_api", ["bench/bench_api.py", "--smoke"]),
         ("bench_design", ["bench/bench_design.py", "--smoke"]),
+        ("bench_log_size", ["bench/bench_log_size.py", "--smoke"]),
     ),
     (
         ("bench_embedder", ["bench/bench_embedder.py", "--smoke"]),
         ("bench_tf_threads", ["bench/bench_tf_threads.py", "--smoke"]),
         ("sweep_sizing", ["bench/sweep_sizing.py", "--smoke"]),
         ("bench_overload", ["bench/bench_overload.py", "--smoke", "--out", str(RESULTS)]),
+        ("bench_reports", ["bench/bench_reports.py", "--smoke"]),
     ),
 )
 LOG_TAIL_LINES = 40
@@ -95,7 +97,8 @@ LOG_TAIL_LINES = 40
 EXPECTED_RESULTS = (
     "embedder.json", "embedder.md", "tf_threads.json", "tf_threads.md", "heads.json", "heads.md",
     "api.json", "api.md", "design.json", "design.md", "design.png", "sizing.json", "sizing.md",
-    "sizing.png", "overload.json", "overload.md",
+    "sizing.png", "overload.json", "overload.md", "log_size.json", "log_size.md", "reports.json",
+    "reports.md",
 )  # fmt: skip
 
 

@@ -80,6 +80,9 @@ def record(
                     Inference.model,
                     Inference.region,
                     Inference.version,
+                    Inference.created_at,
+                    Inference.predicted_label,
+                    Inference.probability,
                 ).where(tuple_(Inference.request_id, Inference.item).in_(keys))
             )
         }
@@ -118,6 +121,9 @@ def record(
                     "version": inference.version,
                     "feedback_time": to_utc(it.time) if it.time else now,
                     "recorded_at": now,
+                    "prediction_time": inference.created_at,
+                    "predicted_label": inference.predicted_label,
+                    "probability": inference.probability,
                 }
             )
             answers.append(
@@ -199,6 +205,10 @@ def _upsert(session: Session, rows: list[dict[str, Any]]):
             "label": statement.excluded.label,
             "feedback_time": statement.excluded.feedback_time,
             "recorded_at": statement.excluded.recorded_at,
+            # Fills them in on a row recorded before they were copied (migration 0006).
+            "prediction_time": statement.excluded.prediction_time,
+            "predicted_label": statement.excluded.predicted_label,
+            "probability": statement.excluded.probability,
         },
     )
 

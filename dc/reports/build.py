@@ -153,7 +153,9 @@ def build_report(
         "reference_version": reference_version,
         "versions": versions,
         "generated_at": _iso(now or datetime.now(UTC)),
-        **_figures(connection, scope, request.granularity, buckets, traffic_rows, reference),
+        **_figures(
+            connection, scope, request.granularity, buckets, traffic_rows, reference, references
+        ),
         "comparison": None,
         "notes": notes,
     }
@@ -171,11 +173,12 @@ def _figures(
     buckets: list[datetime],
     traffic_rows: list[dict[str, Any]],
     reference: VersionReference | None,
+    references: ReferenceLookup,
 ) -> dict[str, Any]:
     return {
         "traffic": _traffic(connection, scope, granularity, buckets, traffic_rows),
         "predictions": _predictions(
-            connection, scope, granularity, buckets, traffic_rows, reference
+            connection, scope, granularity, buckets, traffic_rows, reference, references
         ),
         "feedback": _feedback(connection, scope, granularity, buckets, traffic_rows, reference),
     }
@@ -219,7 +222,9 @@ def _traffic(connection, scope, granularity, buckets, rows) -> dict[str, Any]:
     }
 
 
-def _predictions(connection, scope, granularity, buckets, rows, reference) -> dict[str, Any]:
+def _predictions(
+    connection, scope, granularity, buckets, rows, reference, references
+) -> dict[str, Any]:
     counts: dict[str, int] = defaultdict(int)
     per_bucket: dict[datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for bucket, label, n in sql.label_counts(connection, scope, granularity):
@@ -227,6 +232,9 @@ def _predictions(connection, scope, granularity, buckets, rows, reference) -> di
         per_bucket[bucket][label] += n
     texts = sum(row["texts"] for row in rows)
     histogram = sql.probability_histogram(connection, scope)
+    versions = sorted({row["version"] for row in rows})
+    rules = {v: (ref.min_probability if (ref := references(v)) else None) for v in versions}
+    fallbacks = sum(sql.fallback_counts(connection, scope, rules).values())
     training = reference.training_counts if reference else None
     training_total = sum(training.values()) if training else 0
     psi = stats.psi(counts, training) if training else None
@@ -269,31 +277,30 @@ def _predictions(connection, scope, granularity, buckets, rows, reference) -> di
             "edges": [round(k / sql.PROBABILITY_BINS, 4) for k in range(sql.PROBABILITY_BINS + 1)],
             "counts": histogram,
         },
-        "fallback_rate": _ratio(sum(row["fallbacks"] for row in rows), texts),
+        "fallback_rate": _ratio(fallbacks, texts),
         "unseen_share": unseen,
     }
 
 
 def _feedback(connection, scope, granularity, buckets, rows, reference) -> dict[str, Any]:
-    pairs = sql.feedback_pairs(connection, scope)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    per_bucket: dict[datetime, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
+    for bucket, served, true, n in sql.feedback_counts(connection, scope, granularity):
+        counts[(true, served)] += n
+        per_bucket[bucket][(true, served)] += n
+    items = sum(counts.values())
     texts = sum(row["texts"] for row in rows)
-    true = [p["label"] for p in pairs]
-    predicted = [p["predicted"] for p in pairs]
-    figures = stats.classification(true, predicted)
+    figures = stats.classification(counts)
     test_f1 = reference.test_f1 if reference else {}
-    by_bucket: dict[datetime, list[dict[str, Any]]] = defaultdict(list)
-    for pair in pairs:
-        by_bucket[_bucket_of(pair["created_at"], buckets)].append(pair)
     per_class = figures["per_class"] if figures else []
     return {
-        "items": len(pairs),
-        "coverage": _ratio(len(pairs), texts),
+        "items": items,
+        "coverage": _ratio(items, texts),
         "accuracy": figures["accuracy"] if figures else None,
         "weighted_f1": figures["weighted_f1"] if figures else None,
         "macro_f1": figures["macro_f1"] if figures else None,
-        "ece": stats.expected_calibration_error(
-            [p["probability"] for p in pairs],
-            [t == q for t, q in zip(true, predicted, strict=True)],
+        "ece": stats.calibration_error_of_bins(
+            sql.calibration_bins(connection, scope, stats.ECE_BINS)
         ),
         "test": reference.test if reference else None,
         "per_class": [{**entry, "test_f1": test_f1.get(entry["label"])} for entry in per_class],
@@ -301,10 +308,8 @@ def _feedback(connection, scope, granularity, buckets, rows, reference) -> dict[
         "buckets": [
             {
                 "start": _iso(b),
-                "items": len(by_bucket[b]),
-                "weighted_f1": stats.weighted_f1(
-                    [p["label"] for p in by_bucket[b]], [p["predicted"] for p in by_bucket[b]]
-                ),
+                "items": sum(per_bucket[b].values()),
+                "weighted_f1": stats.weighted_f1(per_bucket[b]),
             }
             for b in buckets
         ],
@@ -319,18 +324,13 @@ def _comparison(connection, request, buckets, first, references) -> dict[str, An
             continue
         scope = sql.Scope(request.model, request.region, request.start, request.end, version)
         rows = sql.traffic(connection, scope, request.granularity)
-        full = _figures(connection, scope, request.granularity, buckets, rows, references(version))
+        full = _figures(
+            connection, scope, request.granularity, buckets, rows, references(version), references
+        )
         figures[version] = {
             f"{section}.{name}": full[section][name] for section, name in HEADLINE
         } | {"test": full["feedback"]["test"]}
     return {"versions": [v for v in versions if v is not None], "figures": figures}
-
-
-def _bucket_of(moment: datetime, buckets: list[datetime]) -> datetime:
-    """The last bucket start at or before `moment` (buckets are sorted)."""
-    from bisect import bisect_right
-
-    return buckets[max(bisect_right(buckets, moment) - 1, 0)]
 
 
 def _busiest(rows: list[dict[str, Any]]) -> str | None:

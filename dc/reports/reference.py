@@ -5,7 +5,7 @@ the live figures with.
 - the training phrases (the same file), to count live phrases never seen in training;
 - its test-set figures: accuracy, weighted and macro F1 (and ECE where recorded) from
   `manifest.json`, per-class F1 from `models/<architecture>/reports/test_report.csv`;
-- its fallback rule (`[serving]` of the config it was trained with).
+- its fallback rule (`[serving]` of the config it was trained with: label and threshold).
 
 Versions never change once written, so a read reference is kept (a few, least recently used).
 """
@@ -40,6 +40,8 @@ class VersionReference:
     test: dict[str, float | None]
     test_f1: dict[str, float]
     fallback_label: str | None = None
+    # The fallback rule's threshold (0: the rule is off).
+    min_probability: float = 0.0
 
 
 # version -> its reference, or None when its files cannot be read here.
@@ -72,9 +74,8 @@ def _read_reference(folder: str) -> VersionReference:
             test_f1 = {row["label"]: float(row["f1"]) for row in csv.DictReader(file)}
     test = manifest.get("metrics", {}).get("test", {})
     serving: dict[str, Any] = manifest.get("config", {}).get("serving", {}) or {}
-    rule_active = (
-        bool(serving.get("fallback_label")) and float(serving.get("min_probability") or 0.0) > 0
-    )
+    threshold = float(serving.get("min_probability") or 0.0)
+    rule_active = bool(serving.get("fallback_label")) and threshold > 0
     return VersionReference(
         version=manifest["version"],
         training_counts=dict(counts),
@@ -82,6 +83,7 @@ def _read_reference(folder: str) -> VersionReference:
         test={name: test.get(name) for name in TEST_FIGURES},
         test_f1=test_f1,
         fallback_label=serving["fallback_label"] if rule_active else None,
+        min_probability=threshold if rule_active else 0.0,
     )
 
 

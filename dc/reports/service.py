@@ -41,7 +41,12 @@ def production_report(
                 raise NotFound(f"no model {request.model!r} in region {request.region!r}")
             served = served_version(sessions, request.model, request.region)
             references = registry_references(settings, sessions, request.model, request.region)
-            return build_report(session.connection(), request, references, served=served)
+            connection = session.connection()
+            if connection.dialect.name == "postgresql":
+                # JIT compiles each statement's plan over every day's partition: measured on
+                # a million rows, 0.4 s of a 1.0 s scan, more than it saves here.
+                connection.exec_driver_sql("SET LOCAL jit = off")
+            return build_report(connection, request, references, served=served)
     except DCError:
         raise
     except Exception as exc:  # SQLAlchemy, driver or network errors: a generic 503

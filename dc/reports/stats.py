@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -102,55 +101,86 @@ def expected_calibration_error(
     return float(total)
 
 
-def classification(true: Sequence[str], predicted: Sequence[str]) -> dict[str, Any] | None:
+def calibration_error_of_bins(bins: Sequence[tuple[int, bool, int, float]]) -> float | None:
+    """ECE from binned sums, as the database gives them (`dc.queries.reports.calibration_bins`):
+    (bin, right, count, sum of confidence) rows; equal to `expected_calibration_error` over the
+    same predictions. None without any."""
+    count: dict[int, int] = {}
+    right: dict[int, int] = {}
+    confidence: dict[int, float] = {}
+    for b, ok, n, total in bins:
+        count[b] = count.get(b, 0) + n
+        right[b] = right.get(b, 0) + (n if ok else 0)
+        confidence[b] = confidence.get(b, 0.0) + total
+    everything = sum(count.values())
+    if everything == 0:
+        return None
+    return float(
+        sum(
+            count[b] / everything * abs(right[b] / count[b] - confidence[b] / count[b])
+            for b in count
+        )
+    )
+
+
+def classification(counts: Mapping[tuple[str, str], int]) -> dict[str, Any] | None:
     """Accuracy, weighted and macro F1, per-class figures and the top confusions of labelled
-    predictions; None without any.
+    predictions given as {(true label, served label): count}; None without any.
 
     The classes are those either side names: a served label the truth never uses (a fallback
-    label, say) counts as a class with no support.
+    label, say) counts as a class with no support. scikit-learn computes the figures, each
+    distinct pair weighted by its count: the same as over the predictions one by one.
     """
-    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-    if len(true) == 0:
+    pairs = [(pair, n) for pair, n in sorted(counts.items()) if n > 0]
+    if not pairs:
         return None
+    true = [t for (t, _), _ in pairs]
+    predicted = [p for (_, p), _ in pairs]
+    weight = np.array([n for _, n in pairs], dtype=float)
     labels = sorted(set(true) | set(predicted))
     precision, recall, f1, support = precision_recall_fscore_support(
-        true, predicted, labels=labels, zero_division=0
+        true, predicted, labels=labels, zero_division=0, sample_weight=weight
     )
-    confusions = Counter((t, p) for t, p in zip(true, predicted, strict=True) if t != p)
+    confusions = sorted(((t, p, n) for (t, p), n in pairs if t != p), key=lambda c: (-c[2], c[:2]))
     return {
-        "n": len(true),
-        "accuracy": float(accuracy_score(true, predicted)),
-        "weighted_f1": float(
-            f1_score(true, predicted, labels=labels, average="weighted", zero_division=0)
-        ),
-        "macro_f1": float(
-            f1_score(true, predicted, labels=labels, average="macro", zero_division=0)
-        ),
+        "n": int(weight.sum()),
+        "accuracy": float(accuracy_score(true, predicted, sample_weight=weight)),
+        "weighted_f1": _f1(true, predicted, labels, weight, "weighted"),
+        "macro_f1": _f1(true, predicted, labels, weight, "macro"),
         "per_class": [
             {
                 "label": label,
                 "precision": float(precision[k]),
                 "recall": float(recall[k]),
                 "f1": float(f1[k]),
-                "support": int(support[k]),
+                "support": round(float(support[k])),
             }
             for k, label in enumerate(labels)
         ],
         "confusions": [
-            {"true": t, "predicted": p, "count": n}
-            for (t, p), n in sorted(confusions.items(), key=lambda kv: (-kv[1], kv[0]))[
-                :TOP_CONFUSIONS
-            ]
+            {"true": t, "predicted": p, "count": n} for t, p, n in confusions[:TOP_CONFUSIONS]
         ],
     }
 
 
-def weighted_f1(true: Sequence[str], predicted: Sequence[str]) -> float | None:
-    """Weighted F1 alone (for the figures over time); None without labelled predictions."""
+def weighted_f1(counts: Mapping[tuple[str, str], int]) -> float | None:
+    """Weighted F1 alone of {(true, served): count} (the figure over time); None without any."""
+    pairs = [(pair, n) for pair, n in sorted(counts.items()) if n > 0]
+    if not pairs:
+        return None
+    true = [t for (t, _), _ in pairs]
+    predicted = [p for (_, p), _ in pairs]
+    weight = np.array([n for _, n in pairs], dtype=float)
+    return _f1(true, predicted, sorted(set(true) | set(predicted)), weight, "weighted")
+
+
+def _f1(true, predicted, labels, weight, average: str) -> float:
     from sklearn.metrics import f1_score
 
-    if len(true) == 0:
-        return None
-    labels = sorted(set(true) | set(predicted))
-    return float(f1_score(true, predicted, labels=labels, average="weighted", zero_division=0))
+    return float(
+        f1_score(
+            true, predicted, labels=labels, average=average, zero_division=0, sample_weight=weight
+        )
+    )

@@ -72,7 +72,7 @@ def test_alembic_creates_and_drops_both_tables_on_postgresql(pg_migrated):
         assert set(inspect(engine).get_table_names()) >= TABLES
         with engine.connect() as connection:
             assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-                ("0005",)
+                ("0006",)
             ]
         # The committed revision and the models describe the same schema.
         command.check(alembic_config(pg_migrated))

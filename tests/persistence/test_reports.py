@@ -13,7 +13,8 @@ The fixture, one model `m` in region `eu`, version v1, window 2026-11-10 .. 2026
     r5      0    11   b     0.35  100     no   c         other 5    b          (fallback answer)
 
 plus rows the window must leave out: the next day, another model, another region.
-Training distribution of v1: a 50, b 30, c 20; training texts "hello a", "hello b".
+Training distribution of v1: a 50, b 30, c 20; training texts "hello a", "hello b"; its fallback
+rule: "b" under 0.4.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ REFERENCE = VersionReference(
     training_texts=frozenset({"hello a", "hello b"}),
     test={"accuracy": 0.9, "weighted_f1": 0.88, "macro_f1": 0.87, "ece": None, "n": 100},
     test_f1={"a": 0.9, "b": 0.85, "c": 0.8},
+    fallback_label="b",
+    min_probability=0.4,  # r5 (0.35) is the rule's answer
 )
 
 
@@ -78,16 +81,21 @@ FIXTURE = [
 
 
 def _feedback(rid, item, label, source="api", recorded=DAY2):
+    """A feedback row as `dc.feedback.record` writes it: the prediction's facts copied."""
+    served = next(row for row in FIXTURE if (row["request_id"], row["item"]) == (rid, item))
     return {
         "request_id": rid,
         "item": item,
         "source": source,
         "label": label,
-        "model": "m",
-        "region": "eu",
-        "version": "v1",
+        "model": served["model"],
+        "region": served["region"],
+        "version": served["version"],
         "feedback_time": recorded,
         "recorded_at": recorded,
+        "prediction_time": served["created_at"],
+        "predicted_label": served["predicted_label"],
+        "probability": served["probability"],
     }
 
 
@@ -200,8 +208,10 @@ def test_feedback_figures_match_the_hand_computed_values(fixture_report):
 def test_a_version_filter_and_a_comparison(pg_engine):
     v2 = [
         _row(f"v2-{k}", 0, DAY2, "c", 0.7, 5.0, False, "c", f"v2 text {k}", v="v2")
-        for k in range(4)
+        for k in range(3)
     ]
+    # v2's rule is unknown here (no reference): its answers are checked against the top-k.
+    v2.append(_row("v2-3", 0, DAY2, "a", 0.2, 5.0, False, "c", "v2 text 3", v="v2"))
     _load(pg_engine, FIXTURE + v2)
     report = _report(pg_engine, version="v1", compare="v2")
     assert report["traffic"]["texts"] == 6  # only v1
@@ -211,6 +221,10 @@ def test_a_version_filter_and_a_comparison(pg_engine):
     assert (v1["traffic.texts"], v2_figures["traffic.texts"]) == (6, 4)
     assert v1["feedback.weighted_f1"] == pytest.approx(report["feedback"]["weighted_f1"])
     assert v2_figures["feedback.coverage"] == 0.0
+    assert (v1["predictions.fallback_rate"], v2_figures["predictions.fallback_rate"]) == (
+        1 / 6,
+        1 / 4,
+    )
     # v2 has no reference here: its drift figures are absent, not made up.
     assert v2_figures["predictions.psi"] is None
     everything = _report(pg_engine)
@@ -438,3 +452,20 @@ def test_an_unreachable_database_is_a_503_that_tells_no_detail():
     assert "127.0.0.1" not in raised.value.message and raised.value.retry_after_s
     assert raised.value.detail  # logged by the transport, never sent
     engine.dispose()
+
+
+def test_probability_bins_are_floors_on_both_databases(pg_engine, tmp_path):
+    # 0.53 * 20 = 10.6: bin 10 (PostgreSQL's integer cast alone would round it to 11); 1.0 is
+    # in the last bin; 0.029 in the first.
+    rows = [
+        _row(f"p{k}", 0, DAY1, "a", p, 10.0, False, "a", "t")
+        for k, p in enumerate((0.53, 1.0, 0.029))
+    ]
+    url = f"sqlite:///{tmp_path / 'bins.sqlite'}"
+    upgrade(url)
+    lite = make_engine(url)
+    for engine in (pg_engine, lite):
+        _load(engine, rows, feedback=[])
+        histogram = _report(engine)["predictions"]["probability_histogram"]["counts"]
+        assert {k: n for k, n in enumerate(histogram) if n} == {0: 1, 10: 1, 19: 1}
+    lite.dispose()

@@ -1,8 +1,9 @@
 """pyproject.toml and the conda files in env/ name the same dependencies, with the same ranges.
 
 The container images install pyproject's groups (api: the core + `reports`; embedder: +
-`encoder`; trainer: + `encoder` + `train` + `reports`) and conda users get them from env/*.yml, so a package added to one and not
-the other gives an environment unlike the one the tests ran in. Names are compared after PEP 503
+`encoder`; trainer: + `encoder` + `train` + `reports`) and conda users get them from env/*.yml,
+so a package added to one and not the other gives an environment unlike the one the tests ran
+in. Names are compared after PEP 503
 normalisation (lower case, runs of `-`, `_`, `.` equal), so conda-forge's `prometheus_client` is
 pyproject's `prometheus-client`; where conda-forge's package is another distribution
 (`psycopg2` for `psycopg2-binary`), the conda file takes pyproject's from pip instead.
@@ -28,8 +29,9 @@ MIRRORS = {
     "gpu.yml": ("encoder",),
     "build.yml": ("train",),
 }
-# Extras that only pip installs (developers: `pip install -e '.[dev,bench]'`, see env/base.yml).
-PIP_ONLY_GROUPS = frozenset({"dev", "bench"})
+# Extras that only pip installs (developers: `pip install -e '.[dev,bench,notebooks]'`, see
+# env/base.yml).
+PIP_ONLY_GROUPS = frozenset({"dev", "bench", "notebooks"})
 # What every conda file lists without it being a dependency of the project.
 CONDA_ONLY = frozenset({"python", "pip"})
 # The API image installs the core alone and must not get TensorFlow (about 2.3 GB) with it.
