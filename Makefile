@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help setup browser export demo train run run-api run-embedder replay-spool maintain-partitions loadtest notebooks test test-fast deploy-lint terraform-moto image-test bench bench-smoke lint format golden clean
+.PHONY: help setup browser batch export demo train run run-api run-embedder replay-spool maintain-partitions loadtest notebooks test test-fast deploy-lint terraform-moto image-test bench bench-smoke lint format golden clean
 
 help: ## List the targets with one line each
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ run-api: ## Serve only the prediction API under gunicorn on DC_API_HOST:DC_API_P
 
 replay-spool: ## Write spooled inference-log rows to the database now
 	$(PY) scripts/replay_spool.py
+
+batch: setup ## Spark batch jobs: make batch ARGS="score --input phrases.parquet --model banking77 --output var/batch/scores" (scripts/batch.py --help)
+	$(PY) scripts/batch.py $(ARGS)
 
 maintain-partitions: ## Make the inference log's coming daily partitions, drop the expired (PostgreSQL)
 	$(PY) scripts/maintain_partitions.py
@@ -69,9 +72,9 @@ image-test: setup ## (slow, needs buildah and mmdebstrap) build the three images
 # What `make bench` runs, in order (bench/<name>.py). A missed target (exit status 1) does not
 # stop the others: each writes its results, and the target fails at the end.
 BENCHMARKS := bench_embedder bench_tf_threads bench_heads bench_api bench_design sweep_sizing \
-	bench_overload bench_log_size bench_reports
+	bench_overload bench_log_size bench_reports bench_batch
 
-bench: setup demo ## Encoder, embedder, heads, API, design a-e, sizing, overload, log size, reports on 1M rows (~20 min); writes bench/results/
+bench: setup demo ## Encoder, embedder, heads, API, design a-e, sizing, overload, log size, reports on 1M rows, Spark batch scoring (~35 min); writes bench/results/
 	@failed=""; for name in $(BENCHMARKS); do \
 		echo "== bench/$$name.py"; $(PY) bench/$$name.py; status=$$?; \
 		[ $$status -ne 130 ] || exit 130; [ $$status -eq 0 ] || failed="$$failed $$name"; \

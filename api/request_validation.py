@@ -16,7 +16,7 @@ from flask import Request
 from dc.config import Settings
 from dc.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
 from dc.feedback import DEFAULT_SOURCE, FeedbackItem
-from dc.nlp.validation import blank_kind, json_type, validate_text, validate_texts
+from dc.nlp.validation import check_phrase, json_type, validate_text, validate_texts
 from web.body import json_body as read_json_body
 
 PREDICT_FIELDS = ("text", "texts", "k")
@@ -82,13 +82,9 @@ def parse_predict(payload: Any, settings: Settings) -> PredictRequest:
         )
         fields = [f"texts[{i}]" for i in range(len(checked))]
     for field, text in zip(fields, checked, strict=True):
-        blank = blank_kind(text)
-        if blank is not None:
-            raise InvalidInput(f'"{field}" is {blank}; send the phrase to classify')
-        if "\x00" in text:
-            # Every prediction is logged, and PostgreSQL text cannot hold NUL: refuse it here
-            # rather than answer a prediction whose log row could never be written.
-            raise InvalidInput(f'"{field}" contains a NUL character (\\u0000)')
+        # Not blank, no NUL: every prediction is logged, and PostgreSQL text cannot hold NUL,
+        # so refuse it here rather than answer a prediction whose log row could never be written.
+        check_phrase(text, max_chars=settings.max_text_chars, field=field)
     return PredictRequest(texts=checked, k=_parse_k(payload.get("k"), settings), single=single)
 
 

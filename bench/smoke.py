@@ -82,6 +82,7 @@ SMOKE_LANES = (
         ("bench_api", ["bench/bench_api.py", "--smoke"]),
         ("bench_design", ["bench/bench_design.py", "--smoke"]),
         ("bench_log_size", ["bench/bench_log_size.py", "--smoke"]),
+        ("bench_batch", ["bench/bench_batch.py", "--smoke"]),
     ),
     (
         ("bench_embedder", ["bench/bench_embedder.py", "--smoke"]),
@@ -98,7 +99,7 @@ EXPECTED_RESULTS = (
     "embedder.json", "embedder.md", "tf_threads.json", "tf_threads.md", "heads.json", "heads.md",
     "api.json", "api.md", "design.json", "design.md", "design.png", "sizing.json", "sizing.md",
     "sizing.png", "overload.json", "overload.md", "log_size.json", "log_size.md", "reports.json",
-    "reports.md",
+    "reports.md", "batch.json", "batch.md",
 )  # fmt: skip
 
 

@@ -305,6 +305,68 @@ class Settings(_EmbeddingSettings):
         "partition, and moves to its own when that day's partition is made.",
     )
 
+    # --- batch work on Spark (dc/batch, scripts/batch.py; the `batch` dependency group) ------
+    batch_master: str = Field(
+        "local[*]",
+        description="Spark master of scripts/batch.py: local[N] (N Python workers on this "
+        "machine; local[N,F] also retries a failed task F times), spark://..., yarn, or "
+        "whatever spark-submit gives (on EMR the job's own).",
+    )
+    batch_partitions: int = Field(
+        0,
+        ge=0,
+        description="Partitions the input is cut into before it is embedded: small ones "
+        "(about 2,000-10,000 phrases) keep every core busy to the end and make a retried task "
+        "cheap. 0: 4 per core Spark has.",
+    )
+    batch_arrow_batch_size: int = Field(
+        2048,
+        ge=1,
+        description="Rows per Arrow batch handed to a Python worker (Spark's "
+        "spark.sql.execution.arrow.maxRecordsPerBatch); each is embedded in encoder batches.",
+    )
+    batch_encoder_batch: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Phrases per encoder call in a batch worker (32: the encoder's best "
+        "throughput here, see bench/results/embedder.md).",
+    )
+    batch_encoder_threads: int = Field(
+        1,
+        ge=0,
+        description="TensorFlow intra-op threads of each batch Python worker: 1, with one "
+        "worker per core (local[N] or executor cores), so the workers do not fight over cores.",
+    )
+    batch_executor_cores: int = Field(
+        1,
+        ge=1,
+        description="spark.executor.cores of a cluster run: Python workers per executor, each "
+        "loading the encoder once (about 0.5 GB each).",
+    )
+    batch_executor_memory: str = Field(
+        "4g",
+        description="spark.executor.memory of a cluster run (the JVM side; the Python workers "
+        "and their encoders need about 1 GB per core beside it: spark.executor.memoryOverhead).",
+    )
+    batch_jdbc_fetch_size: int = Field(
+        10000,
+        ge=1,
+        description="Rows per round trip when a batch job reads PostgreSQL over JDBC (the "
+        "driver's default, 0, would read the whole result into the executor's memory).",
+    )
+    batch_jdbc_jar: str = Field(
+        "",
+        description="The PostgreSQL JDBC driver jar for Spark; empty: Debian's "
+        "libpostgresql-jdbc-java (/usr/share/java/postgresql.jar), which set-up installs.",
+    )
+    embedding_cache_dir: str = Field(
+        "",
+        description="Parquet written by `scripts/batch.py embed` (vectors keyed on embedder "
+        "fingerprint and text): training takes the vectors of its texts from there and embeds "
+        "only the others. Empty: training embeds everything.",
+    )
+
     @property
     def database_url_or_default(self) -> str:
         """The configured database URL (with DC_DATABASE_PASSWORD in it when set), or the

@@ -90,6 +90,9 @@ class Trainer:
     chunk_size: int = EMBED_CHUNK
     progress: bool | None = None  # tqdm bars: None shows them only on a terminal
     fingerprint: str | None = None  # of the vectors embedded so far
+    # Parquet of `scripts/batch.py embed` (DC_EMBEDDING_CACHE_DIR): vectors taken from there
+    # for the embedder in use, the other texts embedded.
+    vector_cache: str | None = None
 
     def embed_texts(self, texts: Sequence[str], description: str = "embed") -> np.ndarray:
         """Embed `texts` in chunks through the embedder client, with a progress bar.
@@ -102,6 +105,8 @@ class Trainer:
                 service was redeployed mid-run); vectors of two encoders must not be mixed.
         """
         texts = list(texts)
+        if self.vector_cache:
+            return self._embed_with_cache(texts, description)
         parts: list[np.ndarray] = []
         with tqdm(
             total=len(texts), desc=description, unit="text", disable=self._bar_disabled()
@@ -121,6 +126,31 @@ class Trainer:
         if not parts:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
         return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def _embed_with_cache(self, texts: list[str], description: str) -> np.ndarray:
+        """`embed_texts` with the vectors the cache holds for this embedder: only the texts it
+        lacks go to the embedder (and their fingerprint must be the cache's)."""
+        from dc.batch.vectors import cached_vectors
+
+        fingerprint = self.fingerprint or self.embedder.fingerprint
+        found = cached_vectors(self.vector_cache, fingerprint, texts)
+        missing = sorted({text for text in texts if text not in found})
+        if missing:
+            cache, self.vector_cache = self.vector_cache, None
+            try:
+                vectors = self.embed_texts(missing, description)
+            finally:
+                self.vector_cache = cache
+            found.update(zip(missing, vectors, strict=True))
+        if self.fingerprint is None:
+            self.fingerprint = fingerprint
+        elif self.fingerprint != fingerprint:
+            raise EmbedderMismatch(
+                f"the embedder is {self.fingerprint}, the cache's vectors are {fingerprint}"
+            )
+        if not texts:
+            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        return np.stack([found[text] for text in texts]).astype(np.float32, copy=False)
 
     def _embed_chunk(self, chunk: list[str]) -> EmbedResult:
         for attempt in range(EMBED_RETRIES + 1):
@@ -246,6 +276,7 @@ def make_trainer(
         embedder=embedder,
         chunk_size=max(1, min(EMBED_CHUNK, settings.max_texts_per_request)),
         progress=progress,
+        vector_cache=settings.embedding_cache_dir or None,
     )
 
 

