@@ -55,3 +55,7 @@ output "capacity_provider" {
   description = "Capacity provider of run-task (--capacity-provider-strategy capacityProvider=<this>)."
   value       = local.ec2 ? aws_ecs_capacity_provider.ec2[0].name : "FARGATE"
 }
+
+# The batch outputs (batch_application_id, batch_execution_role_arn, batch_s3,
+# batch_spark_submit_parameters, batch_start_job_run) are in emr.tf, so that the file can be
+# left out whole where the application cannot be made (scripts/terraform_moto.py).

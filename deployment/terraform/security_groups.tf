@@ -1,6 +1,7 @@
 # Who may talk to whom: the internet -> ALB (80, 443) -> API (8000) -> embedder (8501); the
-# API and the jobs -> PostgreSQL (5432) and EFS (2049). Egress of the tasks is HTTPS (AWS APIs,
-# ECR, S3 through NAT or the gateway endpoint) plus the rules to their peers.
+# API, the jobs and the batch workers (batch_enabled) -> PostgreSQL (5432); the API -> EFS
+# (2049). Egress of the tasks is HTTPS (AWS APIs, ECR, S3 through NAT or the gateway endpoint)
+# plus the rules to their peers.
 
 resource "aws_security_group" "alb" {
   name        = "${local.name}-alb"
@@ -83,6 +84,16 @@ resource "aws_security_group" "jobs" {
   tags = { Name = "${local.name}-jobs" }
 }
 
+resource "aws_security_group" "batch" {
+  #checkov:skip=CKV2_AWS_5:Attached to the EMR Serverless application (emr.tf, network_configuration), whose job runs put it on their workers' interfaces.
+  count       = var.batch_enabled ? 1 : 0
+  name        = "${local.name}-batch"
+  description = "EMR Serverless batch workers: PostgreSQL and HTTPS out, nothing in"
+  vpc_id      = local.vpc_id
+
+  tags = { Name = "${local.name}-batch" }
+}
+
 resource "aws_security_group" "database" {
   name        = "${local.name}-database"
   description = "PostgreSQL: reached by the API and the jobs only"
@@ -117,14 +128,18 @@ locals {
       jobs     = aws_security_group.jobs.id
     },
     local.ec2 ? { instances = aws_security_group.instances[0].id } : {},
+    var.batch_enabled ? { batch = aws_security_group.batch[0].id } : {},
   )
   # (from, to, port) of the peer rules: one egress on the caller, one ingress on the callee.
-  peer_rules = {
-    api_to_embedder = { from = aws_security_group.api.id, to = aws_security_group.embedder.id, port = local.embedder_port }
-    api_to_database = { from = aws_security_group.api.id, to = aws_security_group.database.id, port = 5432 }
-    jobs_to_db      = { from = aws_security_group.jobs.id, to = aws_security_group.database.id, port = 5432 }
-    api_to_efs      = { from = aws_security_group.api.id, to = aws_security_group.efs.id, port = 2049 }
-  }
+  peer_rules = merge(
+    {
+      api_to_embedder = { from = aws_security_group.api.id, to = aws_security_group.embedder.id, port = local.embedder_port }
+      api_to_database = { from = aws_security_group.api.id, to = aws_security_group.database.id, port = 5432 }
+      jobs_to_db      = { from = aws_security_group.jobs.id, to = aws_security_group.database.id, port = 5432 }
+      api_to_efs      = { from = aws_security_group.api.id, to = aws_security_group.efs.id, port = 2049 }
+    },
+    var.batch_enabled ? { batch_to_db = { from = aws_security_group.batch[0].id, to = aws_security_group.database.id, port = 5432 } } : {},
+  )
 }
 
 resource "aws_vpc_security_group_egress_rule" "https" {

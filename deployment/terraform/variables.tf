@@ -586,3 +586,83 @@ variable "trainer_settings" {
     error_message = "trainer_settings: keys are DC_* setting names."
   }
 }
+
+# --- batch on EMR Serverless (emr.tf) -------------------------------------------------------
+
+variable "batch_enabled" {
+  description = "Create the EMR Serverless application of scripts/batch.py (score, embed, replay on Spark), its job role and security group. Free while no job runs (no pre-initialised capacity); jobs are billed per vCPU-hour and GB-hour."
+  type        = bool
+  default     = false
+}
+
+variable "batch_release_label" {
+  description = "EMR release of the batch application: an emr-7.x (Spark 3.5 on Amazon Linux 2023, which the batch-venv archive is built for; its own Python 3.9 is not used)."
+  type        = string
+  default     = "emr-7.12.0"
+
+  validation {
+    condition     = can(regex("^emr-7\\.[0-9]+\\.[0-9]+$", var.batch_release_label))
+    error_message = "batch_release_label: emr-7.x.y (the batch archive targets Amazon Linux 2023 and Spark 3.5)."
+  }
+}
+
+variable "batch_max_vcpu" {
+  description = "Most vCPUs the batch application's workers hold at once, all job runs together (maximum_capacity; the account's EMR Serverless vCPU quota caps it too)."
+  type        = number
+  default     = 16
+
+  validation {
+    condition     = var.batch_max_vcpu >= 4 && floor(var.batch_max_vcpu) == var.batch_max_vcpu
+    error_message = "batch_max_vcpu: a whole number, at least 4 (the driver's 2 and one executor)."
+  }
+}
+
+variable "batch_max_memory_gb" {
+  description = "Most memory (GB) the batch application's workers hold at once (maximum_capacity)."
+  type        = number
+  default     = 64
+
+  validation {
+    condition     = var.batch_max_memory_gb >= 2 * var.batch_max_vcpu && floor(var.batch_max_memory_gb) == var.batch_max_memory_gb
+    error_message = "batch_max_memory_gb: a whole number, at least 2 GB per vCPU of batch_max_vcpu (EMR Serverless's smallest worker ratio)."
+  }
+}
+
+variable "batch_idle_timeout_minutes" {
+  description = "Minutes the batch application stays started without a job before it stops itself (its workers are released either way when a job ends)."
+  type        = number
+  default     = 15
+
+  validation {
+    condition     = var.batch_idle_timeout_minutes >= 1 && var.batch_idle_timeout_minutes <= 10080
+    error_message = "batch_idle_timeout_minutes: 1-10080 (a week)."
+  }
+}
+
+variable "batch_executor_cores" {
+  description = "spark.executor.cores of the batch jobs (DC_BATCH_EXECUTOR_CORES): Python workers per executor, each loading the encoder once; an executor also gets 1 GB per core beside its JVM memory."
+  type        = number
+  default     = 4
+
+  validation {
+    condition     = contains([1, 2, 4, 8, 16], var.batch_executor_cores)
+    error_message = "batch_executor_cores: 1, 2, 4, 8 or 16 (EMR Serverless worker sizes)."
+  }
+}
+
+variable "batch_executor_memory_gb" {
+  description = "spark.executor.memory (GB) of the batch jobs (DC_BATCH_EXECUTOR_MEMORY); with the 1 GB per core beside it, an executor must fit EMR Serverless's worker sizes (4 vCPU: 8-30 GB)."
+  type        = number
+  default     = 8
+}
+
+variable "batch_s3_prefix" {
+  description = "Key prefix of the batch jobs in the artifact bucket (code, venv archive, inputs, outputs, reports, logs); the job role writes only under it."
+  type        = string
+  default     = "batch"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9._-]*$", var.batch_s3_prefix)) && var.batch_s3_prefix != var.s3_prefix
+    error_message = "batch_s3_prefix: one path segment, no slashes, not s3_prefix (the batch jobs must not write among the backups)."
+  }
+}

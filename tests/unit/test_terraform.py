@@ -172,6 +172,23 @@ def test_volumes_are_where_the_images_write():
     assert '"10001:10001"' in str(all_locals()["container_base"])
 
 
+def test_the_batch_job_finds_what_the_batch_archive_holds():
+    # emr.tf tells the job where things are inside ./environment (Spark's --archives ...
+    # #environment); the Dockerfile's batch-venv stage puts them there and in /dist.
+    stage = dockerfile_stage("batch-venv")
+    assert "FROM amazonlinux:2023." in DOCKERFILE.read_text()  # EMR 7's OS, not Debian
+    assert "--python-prefix /home/hadoop/environment" in stage
+    python = lint.hcl_text(all_locals()["batch_python"])
+    assert python == "./environment/bin/python"
+    handle = re.search(r'DC_EMBEDDER_HANDLE = "([^"]+)"', local_text("batch_settings"))[1]
+    assert handle.startswith("./environment/")
+    assert f"/home/hadoop/environment/{handle.removeprefix('./environment/')}" in stage
+    for name in ("pyspark_venv.tar.gz", "postgresql-jdbc.jar"):
+        assert f"/dist/{name}" in stage
+        assert any(value.endswith(f'/{name}"') for value in all_locals()["batch_s3"].values())
+    assert "!= 'pyspark'" in stage  # EMR's Spark brings pyspark; the archive must not
+
+
 def test_the_stop_timeout_covers_the_api_graceful_timeout():
     variables = lint.terraform_variables()
     graceful = variables["api_graceful_timeout_s"]["default"]

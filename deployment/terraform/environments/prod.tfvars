@@ -1,7 +1,7 @@
 # terraform plan -var-file=environments/prod.tfvars -var image_tag=<tag> (TF_VAR_admin_token set)
 # The defaults are production sizes (variables.tf); this file names the environment, its
 # certificate, and what production raises: three instances, a larger database with longer
-# backups, bigger caches, the weekly retraining on.
+# backups, bigger caches, the weekly retraining on, the batch application on EMR Serverless.
 environment     = "prod"
 certificate_arn = "arn:aws:acm:eu-west-1:123456789012:certificate/11111111-1111-1111-1111-111111111111"
 
@@ -16,6 +16,11 @@ db_max_allocated_storage_gb = 1000
 db_backup_retention_days    = 30
 
 retrain_schedule_enabled = true
+
+# Replays of candidate versions run against production's inference log, and backfills against
+# its data: the application exists here (free while no job runs; a job starts it). Dev runs
+# scripts/batch.py locally (local[N]) against its small database and leaves it off.
+batch_enabled = true
 
 api_settings = {
   DC_API_THREADS           = "4"

@@ -51,6 +51,9 @@ mock_provider "aws" {
   mock_resource "aws_launch_template" {
     defaults = { id = "lt-0123456789abcdef0" }
   }
+  mock_resource "aws_emrserverless_application" {
+    defaults = { arn = "arn:aws:emr-serverless:eu-west-1:123456789012:/applications/00mockbatch" }
+  }
   mock_resource "aws_ecs_task_definition" {
     defaults = {
       arn                  = "arn:aws:ecs:eu-west-1:123456789012:task-definition/mock:1"
@@ -311,6 +314,125 @@ run "stack" {
     condition     = alltrue([for repository in values(aws_ecr_repository.image) : repository.image_tag_mutability == "IMMUTABLE" && repository.image_scanning_configuration[0].scan_on_push])
     error_message = "ECR: immutable tags, scanned on push."
   }
+
+  # --- batch on EMR Serverless: only with batch_enabled ------------------------------------
+  assert {
+    condition = alltrue([
+      for n in [length(aws_emrserverless_application.batch), length(aws_iam_role.batch), length(aws_security_group.batch)] :
+      n == (var.batch_enabled ? 1 : 0)
+    ]) && contains(keys(aws_vpc_security_group_ingress_rule.peer), "batch_to_db") == var.batch_enabled
+    error_message = "The batch application, its role, its security group and its database rule exist exactly when batch_enabled."
+  }
+  assert {
+    condition     = var.batch_enabled || (output.batch_application_id == null && output.batch_s3 == null && output.batch_start_job_run == null)
+    error_message = "With batch off, the batch outputs are null."
+  }
+}
+
+run "batch" {
+  command = apply
+
+  variables {
+    batch_enabled              = true
+    batch_max_vcpu             = 32
+    batch_max_memory_gb        = 128
+    batch_idle_timeout_minutes = 20
+    batch_executor_cores       = 4
+  }
+
+  assert {
+    condition = (
+      lower(aws_emrserverless_application.batch[0].type) == "spark"
+      && aws_emrserverless_application.batch[0].architecture == "X86_64"
+      && startswith(aws_emrserverless_application.batch[0].release_label, "emr-7.")
+      && aws_emrserverless_application.batch[0].name == "${var.project}-${var.environment}-batch"
+    )
+    error_message = "A Spark application on an emr-7 release, x86_64, named after the stack."
+  }
+  assert {
+    condition = (
+      aws_emrserverless_application.batch[0].maximum_capacity[0].cpu == "32 vCPU"
+      && aws_emrserverless_application.batch[0].maximum_capacity[0].memory == "128 GB"
+      && aws_emrserverless_application.batch[0].auto_start_configuration[0].enabled
+      && aws_emrserverless_application.batch[0].auto_stop_configuration[0].enabled
+      && aws_emrserverless_application.batch[0].auto_stop_configuration[0].idle_timeout_minutes == 20
+      && length(aws_emrserverless_application.batch[0].initial_capacity) == 0
+    )
+    error_message = "Capacity capped by the variables, started by a job, stopped when idle, nothing pre-initialised (free while idle)."
+  }
+  assert {
+    condition = (
+      toset(aws_emrserverless_application.batch[0].network_configuration[0].subnet_ids) == toset(aws_subnet.private[*].id)
+      && aws_emrserverless_application.batch[0].network_configuration[0].security_group_ids == toset([aws_security_group.batch[0].id])
+    )
+    error_message = "The batch workers run in the private subnets with their own security group."
+  }
+  assert {
+    condition = (
+      aws_vpc_security_group_ingress_rule.peer["batch_to_db"].security_group_id == aws_security_group.database.id
+      && aws_vpc_security_group_ingress_rule.peer["batch_to_db"].referenced_security_group_id == aws_security_group.batch[0].id
+      && aws_vpc_security_group_ingress_rule.peer["batch_to_db"].from_port == 5432
+      && aws_vpc_security_group_egress_rule.peer["batch_to_db"].security_group_id == aws_security_group.batch[0].id
+      && aws_vpc_security_group_egress_rule.https["batch"].security_group_id == aws_security_group.batch[0].id
+      && aws_vpc_security_group_egress_rule.https["batch"].from_port == 443
+      && length([for rule in values(aws_vpc_security_group_ingress_rule.peer) : rule if rule.security_group_id == aws_security_group.batch[0].id]) == 0
+    )
+    error_message = "The batch workers reach PostgreSQL (a rule on the database's group) and HTTPS, and nothing reaches them."
+  }
+  assert {
+    condition = (
+      one(data.aws_iam_policy_document.batch_assume[0].statement[0].principals).identifiers == toset(["emr-serverless.amazonaws.com"])
+      && contains([for c in data.aws_iam_policy_document.batch_assume[0].statement[0].condition : c.variable], "aws:SourceAccount")
+      && aws_iam_role_policy.batch[0].role == aws_iam_role.batch[0].id
+    )
+    error_message = "The job role is assumed by EMR Serverless of this account only, and carries the batch policy."
+  }
+  assert {
+    condition = alltrue(flatten([
+      for statement in data.aws_iam_policy_document.batch[0].statement : [
+        for arn in statement.resources :
+        arn == aws_s3_bucket.artifacts.arn || arn == aws_kms_key.main.arn
+        || arn == aws_db_instance.main.master_user_secret[0].secret_arn
+        || startswith(arn, "${aws_s3_bucket.artifacts.arn}/${var.s3_prefix}/")
+        || startswith(arn, "${aws_s3_bucket.artifacts.arn}/${var.batch_s3_prefix}/")
+      ]
+    ]))
+    error_message = "The job role touches the artifact bucket's two prefixes, the stack's key and the database secret only (no \"*\")."
+  }
+  assert {
+    condition = alltrue(flatten([
+      for statement in data.aws_iam_policy_document.batch[0].statement : [
+        for arn in statement.resources :
+        anytrue([for part in ["output", "reports", "logs"] : startswith(arn, "${aws_s3_bucket.artifacts.arn}/${var.batch_s3_prefix}/${part}/")])
+      ] if length(setintersection(statement.actions, ["s3:PutObject", "s3:DeleteObject"])) > 0
+    ]))
+    error_message = "The job role writes only under <batch>/output, reports and logs: never the backups, its code or its inputs."
+  }
+  assert {
+    condition = (
+      output.batch_s3.entry_point == "s3://${aws_s3_bucket.artifacts.bucket}/${var.batch_s3_prefix}/releases/${var.image_tag}/batch.py"
+      && strcontains(output.batch_spark_submit_parameters, "--conf spark.archives=${output.batch_s3.venv_archive}#environment")
+      && strcontains(output.batch_spark_submit_parameters, "--conf spark.executorEnv.PYSPARK_PYTHON=./environment/bin/python")
+      && strcontains(output.batch_spark_submit_parameters, "--conf spark.emr-serverless.driverEnv.PYSPARK_PYTHON=./environment/bin/python")
+      && strcontains(output.batch_spark_submit_parameters, "--conf spark.jars=${output.batch_s3.jdbc_driver}")
+      && strcontains(output.batch_spark_submit_parameters, "--conf spark.dynamicAllocation.maxExecutors=7")
+      && !strcontains(output.batch_spark_submit_parameters, "PASSWORD")
+      && !can(regex("://[^/@]*:[^/@]*@", output.batch_spark_submit_parameters))
+      && strcontains(output.batch_start_job_run, "--application-id ${aws_emrserverless_application.batch[0].id}")
+    )
+    error_message = "The outputs: the release's keys under batch_s3_prefix, the archive as ./environment and its Python, the JDBC driver, the executors the capacity allows, no secret."
+  }
+}
+
+run "batch_writes_apart_from_the_backups" {
+  command = plan
+
+  variables {
+    batch_enabled   = true
+    batch_s3_prefix = "dc-artifacts"
+  }
+
+  expect_failures = [var.batch_s3_prefix]
 }
 
 run "bounds_follow_the_variables" {
