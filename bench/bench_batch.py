@@ -46,8 +46,10 @@ REGION = "global"
 MASTERS = ("local[1]", "local[2]")
 TARGET_VS_IN_PROCESS = 0.75
 TARGET_SCALING = 1.7
-# EMR Serverless, us-east-1 and eu-west-1 (x86): the AWS price list, 2026-12
-# (https://aws.amazon.com/emr/pricing/, "Amazon EMR Serverless").
+# EMR Serverless, x86, the same in us-east-1 and eu-west-1: the AWS price page
+# (https://aws.amazon.com/emr/pricing/, "Amazon EMR Serverless"), as read from the price table
+# PerfKitBenchmarker generates from it (perfkitbenchmarker/providers/aws/
+# aws_dpb_emr_serverless_prices.py). Storage up to 20 GB a worker is free; not counted.
 PRICE = {
     "vcpu_hour": 0.052624,
     "gb_hour": 0.0057785,

@@ -360,6 +360,12 @@ class Settings(_EmbeddingSettings):
         description="The PostgreSQL JDBC driver jar for Spark; empty: Debian's "
         "libpostgresql-jdbc-java (/usr/share/java/postgresql.jar), which set-up installs.",
     )
+    database_secret_arn: str = Field(
+        "",
+        description="ARN of a Secrets Manager secret whose JSON `password` key is the database "
+        "password (the one RDS keeps and rotates): read at start by scripts/batch.py where the "
+        "platform cannot inject it (EMR Serverless). Not a secret itself; empty: unused.",
+    )
     embedding_cache_dir: str = Field(
         "",
         description="Parquet written by `scripts/batch.py embed` (vectors keyed on embedder "

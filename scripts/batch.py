@@ -64,7 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--master", default=settings.batch_master, help="Spark master (DC_BATCH_MASTER)"
     )
     common.add_argument("--region", default=settings.serving_region, help="the models' region")
-    common.add_argument("--report", type=Path, help="also write the job's report as JSON here")
+    common.add_argument(
+        "--report",
+        help="also write the job's report as JSON to this file or s3://bucket/key (on a "
+        "cluster: replay's copy in the version's folder is on a worker's disk)",
+    )
     source = argparse.ArgumentParser(add_help=False)
     given = source.add_mutually_exclusive_group(required=True)
     given.add_argument("--sql", help="a query on the project's PostgreSQL (over JDBC)")
@@ -112,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     configure_logging(settings.log_level)
     from dc.batch import jobs
-    from dc.batch.session import spark_session
+    from dc.batch.session import spark_session, with_secret_password
 
     try:
+        settings = with_secret_password(settings)
         if args.job == "score":
             heads = [
                 jobs.resolve_head(settings, *_model_and_version(value), region=args.region)
@@ -169,10 +174,26 @@ def main(argv: list[str] | None = None) -> int:
         ", ".join(report.outputs),
     )
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        _write_report(args.report, json.dumps(result, indent=2) + "\n", settings)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _write_report(where: str, text: str, settings) -> None:
+    """The report to a local file, or to S3 (s3://bucket/key: where a cluster's workers' disks
+    are gone when the job ends)."""
+    if where.startswith("s3://"):
+        from dc.backup import s3_client
+
+        bucket, _, key = where.removeprefix("s3://").partition("/")
+        s3_client(settings).put_object(
+            Bucket=bucket, Key=key, Body=text.encode(), ContentType="application/json"
+        )
+        log.info("report written to %s", where)
+        return
+    path = Path(where)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
 
 
 def _model_and_version(value: str) -> tuple[str, str | None]:

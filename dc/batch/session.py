@@ -29,6 +29,33 @@ def java_problem() -> str | None:
     )
 
 
+def with_secret_password(settings: Settings) -> Settings:
+    """`settings` with DC_DATABASE_PASSWORD read from DC_DATABASE_SECRET_ARN's JSON `password`
+    key when a secret is named and no password is given (EMR Serverless passes the ARN, not
+    the password: a copy would go stale at the next rotation). Unchanged otherwise.
+
+    Raises:
+        DataError: the secret cannot be read, or holds no `password` key.
+    """
+    if not settings.database_secret_arn or settings.database_password:
+        return settings
+    import json
+
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client = boto3.client("secretsmanager", region_name=settings.aws_region)
+        value = client.get_secret_value(SecretId=settings.database_secret_arn)["SecretString"]
+        password = json.loads(value)["password"]
+    except (BotoCoreError, ClientError, KeyError, ValueError, TypeError) as exc:
+        raise DataError(
+            f"cannot read the database password from the secret DC_DATABASE_SECRET_ARN names "
+            f"({type(exc).__name__})"
+        ) from exc
+    return settings.model_copy(update={"database_password": password})
+
+
 def jdbc_jar(settings: Settings) -> Path | None:
     """The PostgreSQL JDBC driver jar: DC_BATCH_JDBC_JAR, else Debian's, else None."""
     if settings.batch_jdbc_jar:

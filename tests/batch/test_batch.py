@@ -280,3 +280,24 @@ def test_a_head_of_another_embedder_is_refused(spark, batch_settings, tiny_versi
     )
     with pytest.raises(Exception, match="was trained on embedder 0000000000000000"):
         jobs.score(spark, batch_settings, phrases, [ref], output=str(tmp_path / "out"))
+
+
+def test_the_database_password_comes_from_the_secret_rds_keeps(s3_server, monkeypatch):
+    import boto3
+
+    from dc.batch.session import with_secret_password
+    from dc.errors import DataError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # Secrets Manager on moto too
+    client = boto3.client("secretsmanager", region_name="eu-west-1")
+    arn = client.create_secret(
+        Name="rds-master", SecretString=json.dumps({"username": "dc", "password": "s3cr3t"})
+    )["ARN"]
+    settings = make_settings(database_secret_arn=arn, aws_region="eu-west-1")
+    assert with_secret_password(settings).database_password == "s3cr3t"
+    given = settings.model_copy(update={"database_password": "from-ecs"})
+    assert with_secret_password(given).database_password == "from-ecs"  # injected wins
+    assert with_secret_password(make_settings()).database_password == ""  # no secret named
+    missing = settings.model_copy(update={"database_secret_arn": arn + "-gone"})
+    with pytest.raises(DataError, match="cannot read the database password"):
+        with_secret_password(missing)
