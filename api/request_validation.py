@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Request
@@ -17,6 +17,7 @@ from dc.config import Settings
 from dc.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
 from dc.feedback import DEFAULT_SOURCE, FeedbackItem
 from dc.nlp.validation import check_phrase, json_type, validate_text, validate_texts
+from dc.utilities.times import utc_time
 from web.body import json_body as read_json_body
 
 PREDICT_FIELDS = ("text", "texts", "k")
@@ -301,9 +302,8 @@ def _report_time(args: Any, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        moment = datetime.fromisoformat(value)
+        return utc_time(value)
     except ValueError:
         raise InvalidInput(
             f"{name!r} must be an ISO 8601 time such as 2026-12-01 or 2026-12-01T10:00:00Z"
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment

@@ -29,13 +29,9 @@ sys.path.insert(0, str(REPO))  # run as a plain script, installed or not
 from dc.config import get_settings  # noqa: E402
 from dc.errors import DCError  # noqa: E402
 from dc.utilities.logging import configure_logging  # noqa: E402
+from dc.utilities.times import utc_time  # noqa: E402
 
 log = logging.getLogger("batch")
-
-
-def _time(value: str) -> datetime:
-    moment = datetime.fromisoformat(value)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,8 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     replay.add_argument("--model", required=True, help="the model")
     replay.add_argument("--version", help="the candidate version (default: the promoted one)")
     replay.add_argument("--days", type=int, default=7, help="the window: the last N days (7)")
-    replay.add_argument("--start", type=_time, help="start of the window (ISO 8601)")
-    replay.add_argument("--end", type=_time, help="end of the window (default: now)")
+    replay.add_argument("--start", type=utc_time, help="start of the window (ISO 8601)")
+    replay.add_argument("--end", type=utc_time, help="end of the window (default: now)")
     args = parser.parse_args(argv)
     if args.job == "score" and not (args.output or args.output_table):
         parser.error("score needs --output and/or --output-table")

@@ -35,6 +35,7 @@ from tqdm import tqdm  # noqa: E402
 from dc.config import get_settings  # noqa: E402
 from dc.serve.version_files import version_folder  # noqa: E402
 from dc.utilities.logging import configure_logging  # noqa: E402
+from dc.utilities.times import utc_time  # noqa: E402
 from persistence.db import make_engine, upgrade  # noqa: E402
 from persistence.models import Feedback, Inference, ModelVersion  # noqa: E402
 
@@ -42,11 +43,6 @@ log = logging.getLogger("generate_inferences")
 
 BATCH = 20_000
 FINGERPRINT = "synthetic-traffic"
-
-
-def _time(value: str) -> datetime:
-    moment = datetime.fromisoformat(value)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=100_000, help="rows in all (default 100,000)")
     parser.add_argument("--days", type=int, default=30, help="window length (default 30)")
     parser.add_argument(
-        "--end", type=_time, help="end of the window (default: now); ISO 8601, UTC if bare"
+        "--end", type=utc_time, help="end of the window (default: now); ISO 8601, UTC if bare"
     )
     parser.add_argument("--model", action="append", help="a model (repeatable; default: all)")
     parser.add_argument("--region", default=settings.serving_region, help="the region")
@@ -73,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--feedback", type=float, default=0.1, help="share of predictions with feedback (0.1)"
     )
     parser.add_argument("--unseen", type=float, default=0.2, help="share of reworded phrases (0.2)")
-    parser.add_argument("--shift-from", type=_time, help="drift the labels from this time on")
+    parser.add_argument("--shift-from", type=utc_time, help="drift the labels from this time on")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--database-url",

@@ -27,17 +27,13 @@ from dc.config import get_settings  # noqa: E402
 from dc.errors import DCError  # noqa: E402
 from dc.reports import ReportRequest  # noqa: E402
 from dc.utilities.logging import configure_logging  # noqa: E402
+from dc.utilities.times import utc_time  # noqa: E402
 from persistence.db import make_engine, session_factory, upgrade  # noqa: E402
 from persistence.models import ModelVersion  # noqa: E402
 
 log = logging.getLogger("report")
 
 EXIT_FAILED, EXIT_DRIFT = 1, 3
-
-
-def _time(value: str) -> datetime:
-    moment = datetime.fromisoformat(value)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,10 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--days", type=int, default=7, help="the window: this many days up to --end (default 7)"
     )
-    parser.add_argument("--start", type=_time, help="start of the window (ISO 8601; UTC if bare)")
+    parser.add_argument(
+        "--start", type=utc_time, help="start of the window (ISO 8601; UTC if bare)"
+    )
     parser.add_argument(
         "--end",
-        type=_time,
+        type=utc_time,
         help="end of the window, excluded (default: the start of the current UTC day)",
     )
     parser.add_argument(

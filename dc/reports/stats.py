@@ -133,17 +133,17 @@ def classification(counts: Mapping[tuple[str, str], int]) -> dict[str, Any] | No
     """
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-    pairs = [(pair, n) for pair, n in sorted(counts.items()) if n > 0]
-    if not pairs:
+    if not (columns := _columns(counts)):
         return None
-    true = [t for (t, _), _ in pairs]
-    predicted = [p for (_, p), _ in pairs]
-    weight = np.array([n for _, n in pairs], dtype=float)
+    true, predicted, weight = columns
     labels = sorted(set(true) | set(predicted))
     precision, recall, f1, support = precision_recall_fscore_support(
         true, predicted, labels=labels, zero_division=0, sample_weight=weight
     )
-    confusions = sorted(((t, p, n) for (t, p), n in pairs if t != p), key=lambda c: (-c[2], c[:2]))
+    confusions = sorted(
+        ((t, p, n) for (t, p), n in counts.items() if t != p and n > 0),
+        key=lambda c: (-c[2], c[:2]),
+    )
     return {
         "n": int(weight.sum()),
         "accuracy": float(accuracy_score(true, predicted, sample_weight=weight)),
@@ -167,13 +167,21 @@ def classification(counts: Mapping[tuple[str, str], int]) -> dict[str, Any] | No
 
 def weighted_f1(counts: Mapping[tuple[str, str], int]) -> float | None:
     """Weighted F1 alone of {(true, served): count} (the figure over time); None without any."""
+    if not (columns := _columns(counts)):
+        return None
+    true, predicted, weight = columns
+    return _f1(true, predicted, sorted(set(true) | set(predicted)), weight, "weighted")
+
+
+def _columns(counts: Mapping[tuple[str, str], int]) -> tuple[list, list, np.ndarray] | None:
+    """{(true, served): count} as scikit-learn's inputs: true labels, served labels and each
+    distinct pair's count as its sample weight (pairs in sorted order); None without any."""
     pairs = [(pair, n) for pair, n in sorted(counts.items()) if n > 0]
     if not pairs:
         return None
     true = [t for (t, _), _ in pairs]
     predicted = [p for (_, p), _ in pairs]
-    weight = np.array([n for _, n in pairs], dtype=float)
-    return _f1(true, predicted, sorted(set(true) | set(predicted)), weight, "weighted")
+    return true, predicted, np.array([n for _, n in pairs], dtype=float)
 
 
 def _f1(true, predicted, labels, weight, average: str) -> float:
