@@ -107,6 +107,23 @@ def promoted_version(session: Session, name: str, region: str) -> ModelVersion |
         ).one_or_none()
 
 
+def find_version(
+    session: Session, name: str, region: str, version: str | None = None
+) -> ModelVersion | None:
+    """`version` of `name`/`region`, or its promoted version when `version` is None; None when
+    there is no such row."""
+    if version is None:
+        return promoted_version(session, name, region)
+    with session.begin():
+        return session.scalars(
+            select(ModelVersion).where(
+                ModelVersion.name == name,
+                ModelVersion.region == region,
+                ModelVersion.version == version,
+            )
+        ).one_or_none()
+
+
 def list_versions(
     session: Session, name: str | None = None, region: str | None = None
 ) -> list[ModelVersion]:

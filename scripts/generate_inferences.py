@@ -29,15 +29,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a plain script, installed or not
 
 import numpy as np  # noqa: E402
-from sqlalchemy import insert, select  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from dc.config import get_settings  # noqa: E402
+from dc.serve.state import row_facts  # noqa: E402
 from dc.serve.version_files import version_folder  # noqa: E402
 from dc.utilities.logging import configure_logging  # noqa: E402
 from dc.utilities.times import utc_time  # noqa: E402
-from persistence.db import make_engine, upgrade  # noqa: E402
-from persistence.models import Feedback, Inference, ModelVersion  # noqa: E402
+from persistence import registry  # noqa: E402
+from persistence.db import make_engine, session_factory, upgrade  # noqa: E402
+from persistence.models import Feedback, Inference  # noqa: E402
 
 log = logging.getLogger("generate_inferences")
 
@@ -84,16 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _promoted(engine, region: str, names: list[str] | None) -> list[dict]:
-    with engine.connect() as connection:
-        query = select(ModelVersion).where(
-            ModelVersion.region == region, ModelVersion.status == "promoted"
-        )
-        rows = [dict(row._mapping) for row in connection.execute(query)]
-    found = [
-        {k: row[k] for k in ("name", "region", "version", "artifact_uri")}
-        for row in sorted(rows, key=lambda r: r["name"])
-        if names is None or row["name"] in names
-    ]
+    with session_factory(engine)() as session:
+        rows = [row_facts(row) for row in registry.promoted_versions(session, region)]
+    found = [row for row in rows if names is None or row["name"] in names]
     missing = sorted(set(names or []) - {row["name"] for row in found})
     if missing:
         raise SystemExit(f"no promoted version of {', '.join(missing)} in region {region!r}")

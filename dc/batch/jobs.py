@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from dc.batch.session import jdbc_options, partitions_for
 from dc.batch.workers import (
     EMBED_SCHEMA,
@@ -123,31 +121,19 @@ def resolve_head(
     Raises:
         NotFound: no such model or version in the registry.
     """
+    from dc.serve.state import row_facts
     from dc.serve.version_files import version_folder
+    from persistence import registry
     from persistence.db import make_engine, session_factory
-    from persistence.models import ModelVersion
 
     engine = make_engine(settings.database_url_or_default)
     try:
         with session_factory(engine)() as session:
-            query = select(ModelVersion).where(
-                ModelVersion.name == model, ModelVersion.region == region
-            )
-            query = query.where(
-                ModelVersion.version == version
-                if version is not None
-                else ModelVersion.status == "promoted"
-            )
-            row = session.scalars(query).one_or_none()
+            row = registry.find_version(session, model, region, version)
             if row is None:
                 which = f"version {version}" if version else "promoted version"
                 raise NotFound(f"no {which} of model {model!r} in region {region!r}")
-            facts = {
-                "name": row.name,
-                "region": row.region,
-                "version": row.version,
-                "artifact_uri": row.artifact_uri,
-            }
+            facts = row_facts(row)
     finally:
         engine.dispose()
     return HeadRef(model, facts["version"], str(version_folder(settings, facts)))

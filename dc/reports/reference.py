@@ -21,11 +21,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dc.config import Settings
-from persistence.models import ModelVersion
+from persistence import registry
 
 TEST_FIGURES = ("accuracy", "weighted_f1", "macro_f1", "ece", "n")
 
@@ -92,34 +91,25 @@ def registry_references(
 ) -> ReferenceLookup:
     """A `ReferenceLookup` for the versions of `model` in `region`: each version's folder comes
     from its registry row (restored from the S3 backup when it is not on this machine, as
-    serving does); None where the version is unknown or its files cannot be had."""
+    serving does); None where the version is unknown or its files cannot be had. A report asks
+    for a version several times: each is looked up once."""
+    from dc.serve.state import row_facts
     from dc.serve.version_files import version_folder
 
+    found: dict[str, VersionReference | None] = {}
+
     def lookup(version: str) -> VersionReference | None:
-        with sessions() as session:
-            row = session.scalars(
-                select(ModelVersion).where(
-                    ModelVersion.name == model,
-                    ModelVersion.region == region,
-                    ModelVersion.version == version,
+        if version not in found:
+            with sessions() as session:
+                row = registry.find_version(session, model, region, version)
+                facts = None if row is None else row_facts(row)
+            try:
+                found[version] = (
+                    None if facts is None else read_reference(version_folder(settings, facts))
                 )
-            ).one_or_none()
-            facts = (
-                None
-                if row is None
-                else {
-                    "name": row.name,
-                    "region": row.region,
-                    "version": row.version,
-                    "artifact_uri": row.artifact_uri,
-                }
-            )
-        if facts is None:
-            return None
-        try:
-            return read_reference(version_folder(settings, facts))
-        except Exception:  # missing, partial or unreadable files: the report says so
-            return None
+            except Exception:  # missing, partial or unreadable files: the report says so
+                found[version] = None
+        return found[version]
 
     return lookup
 
@@ -127,10 +117,5 @@ def registry_references(
 def served_version(sessions: sessionmaker[Session], model: str, region: str) -> str | None:
     """The promoted version of `model` in `region`, if any."""
     with sessions() as session:
-        return session.scalars(
-            select(ModelVersion.version).where(
-                ModelVersion.name == model,
-                ModelVersion.region == region,
-                ModelVersion.status == "promoted",
-            )
-        ).one_or_none()
+        row = registry.promoted_version(session, model, region)
+        return None if row is None else row.version
