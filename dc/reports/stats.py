@@ -89,16 +89,15 @@ def expected_calibration_error(
 ) -> float | None:
     """ECE over `bins` equal confidence bins (the last includes 1.0); None without samples."""
     conf = np.asarray(confidence, dtype=float)
-    hit = np.asarray(correct, dtype=float)
-    if conf.size == 0:
-        return None
+    hit = np.asarray(correct, dtype=bool)
     index = np.minimum((np.clip(conf, 0.0, 1.0) * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            total += mask.sum() / conf.size * abs(hit[mask].mean() - conf[mask].mean())
-    return float(total)
+    sums = [
+        (b, ok, int(mask.sum()), float(conf[mask].sum()))
+        for b in range(bins)
+        for ok in (False, True)
+        if (mask := (index == b) & (hit == ok)).any()
+    ]
+    return calibration_error_of_bins(sums)
 
 
 def calibration_error_of_bins(bins: Sequence[tuple[int, bool, int, float]]) -> float | None:
