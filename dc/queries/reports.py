@@ -65,12 +65,13 @@ class Scope:
     end: datetime
     version: str | None = None
 
-    def where(self, table=_inferences) -> ColumnElement[bool]:
+    def where(self, table=_inferences, time: str = "created_at") -> ColumnElement[bool]:
+        """The scope's rows of `table` (the log, or feedback by its `prediction_time`)."""
         clauses = [
             table.c.model == self.model,
             table.c.region == self.region,
-            table.c.created_at >= to_utc(self.start),
-            table.c.created_at < to_utc(self.end),
+            table.c[time] >= to_utc(self.start),
+            table.c[time] < to_utc(self.end),
         ]
         if self.version is not None:
             clauses.append(table.c.version == self.version)
@@ -284,21 +285,13 @@ def _latest_feedback(scope: Scope):
     """The scope's feedback, one row per prediction: where sources disagree, the most recently
     recorded label (a later correction wins; ties go to the source that sorts first)."""
     f = _feedback.c
-    clauses = [
-        f.model == scope.model,
-        f.region == scope.region,
-        f.prediction_time >= to_utc(scope.start),
-        f.prediction_time < to_utc(scope.end),
-    ]
-    if scope.version is not None:
-        clauses.append(f.version == scope.version)
     rank = (
         func.row_number()
         .over(partition_by=(f.request_id, f.item), order_by=(f.recorded_at.desc(), f.source))
         .label("rank")
     )
     ranked = select(f.prediction_time, f.predicted_label, f.label, f.probability, rank).where(
-        and_(*clauses)
+        scope.where(_feedback, "prediction_time")
     )
     return ranked.subquery("ranked")
 
