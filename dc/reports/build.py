@@ -187,14 +187,16 @@ def _figures(
 def _traffic(connection, scope, granularity, buckets, rows) -> dict[str, Any]:
     overall, per_bucket = sql.latency_percentiles(connection, scope, granularity)
     by_version: dict[str, dict[str, int]] = defaultdict(lambda: {"requests": 0, "texts": 0})
-    by_bucket: dict[datetime, dict[str, int]] = defaultdict(
-        lambda: {"requests": 0, "texts": 0, "cache_hits": 0}
+    by_bucket: dict[datetime, dict[str, Any]] = defaultdict(
+        lambda: {"requests": 0, "texts": 0, "cache_hits": 0, "by_version": {}}
     )
     for row in rows:
         for name in ("requests", "texts"):
             by_version[row["version"]][name] += row[name]
+        bucket = by_bucket[row["bucket"]]
         for name in ("requests", "texts", "cache_hits"):
-            by_bucket[row["bucket"]][name] += row[name]
+            bucket[name] += row[name]
+        bucket["by_version"][row["version"]] = row["texts"]  # one row per bucket and version
     texts = sum(row["texts"] for row in rows)
     hits = sum(row["cache_hits"] for row in rows)
     p = overall or [None, None, None]
@@ -212,12 +214,13 @@ def _traffic(connection, scope, granularity, buckets, rows) -> dict[str, Any]:
                 "requests": by_bucket[b]["requests"],
                 "texts": by_bucket[b]["texts"],
                 "cache_hit_rate": _ratio(by_bucket[b]["cache_hits"], by_bucket[b]["texts"]),
-                "by_version": {row["version"]: row["texts"] for row in rows if row["bucket"] == b},
-                "latency_p50_ms": per_bucket.get(b, [None] * 3)[0],
-                "latency_p95_ms": per_bucket.get(b, [None] * 3)[1],
-                "latency_p99_ms": per_bucket.get(b, [None] * 3)[2],
+                "by_version": by_bucket[b]["by_version"],
+                "latency_p50_ms": latency[0],
+                "latency_p95_ms": latency[1],
+                "latency_p99_ms": latency[2],
             }
             for b in buckets
+            for latency in [per_bucket.get(b, [None] * 3)]
         ],
     }
 
