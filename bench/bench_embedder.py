@@ -1,7 +1,8 @@
 """Benchmark the encoder and the embedder service in one run; print and save the figures.
 
 Measures, on short phrases from the project's datasets:
-  1. the raw SavedModel (in this process) in phrases/s at batch 1, 8, 32 and 128;
+  1. the raw encoder on the service's backend (DC_ENCODER_BACKEND, in this process) in
+     phrases/s at batch 1, 8, 32 and 128;
   2. the service under gunicorn (its own process, the default settings) with 1, 4, 16 and 64
      concurrent clients each sending one phrase per request: all misses, then 90% repeats;
   3. the cache-hit latency inside the service (its Server-Timing `total`), p50 and p99;
@@ -57,11 +58,12 @@ from dc.nlp.encoder import load_encoder  # noqa: E402
 RAW_BATCHES = (1, 8, 32, 128)
 CONCURRENCY = (1, 4, 16, 64)
 REPEAT_SHARE = 0.9
+# One encoder call at a time on every core: the runtime's own threads (TF's or ONNX Runtime's).
+_ONE_CALL = {"DC_ENCODER_WORKERS": "1", "DC_TF_INTRA_OP_THREADS": "0",
+             "DC_TF_INTER_OP_THREADS": "0", "DC_ONNX_INTRA_OP_THREADS": "0"}
 BATCHING_CONFIGS = (
-    {"DC_ENCODER_WORKERS": "1", "DC_TF_INTRA_OP_THREADS": "0", "DC_TF_INTER_OP_THREADS": "0",
-     "DC_BATCH_WAIT_MS": "0"},
-    {"DC_ENCODER_WORKERS": "1", "DC_TF_INTRA_OP_THREADS": "0", "DC_TF_INTER_OP_THREADS": "0",
-     "DC_BATCH_WAIT_MS": "10"},
+    {**_ONE_CALL, "DC_BATCH_WAIT_MS": "0"},
+    {**_ONE_CALL, "DC_BATCH_WAIT_MS": "10"},
     {"DC_ENCODER_WORKERS": "2", "DC_BATCH_WAIT_MS": "0"},
     {"DC_ENCODER_WORKERS": "2", "DC_BATCH_WAIT_MS": "10"},
 )  # fmt: skip
@@ -331,7 +333,9 @@ def main() -> None:
         f"{len(pool)} distinct phrases of 3-{MAX_WORDS} words; encoder {settings.embedder_handle}"
     )
 
-    encoder = load_encoder(settings.embedder_handle)
+    # The service's backend (DC_ENCODER_BACKEND), on every core; bench/bench_backends.py
+    # compares the backends.
+    encoder = load_encoder(settings.embedder_handle, settings.encoder_backend)
     raw = bench_raw(encoder, pool, args.seconds, raw_batches)
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-embedder-"))
@@ -386,7 +390,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "seconds": args.seconds,
         "phrase_words": f"3-{MAX_WORDS}",
-        "embedder": {k: info[k] for k in ("model", "fingerprint", "batching")},
+        "embedder": {k: info[k] for k in ("model", "backend", "fingerprint", "batching")},
         "raw": {str(b): v for b, v in raw.items()},
         "raw_32_after_service_16": raw_after,
         "baseline_raw_32": baseline,

@@ -33,6 +33,30 @@ class _EmbeddingSettings(BaseSettings):
         description="TF-Hub-style SavedModel handle (a folder, or a hub URL where a network "
         "exists) of the sentence encoder. `make export` builds the default one.",
     )
+    encoder_backend: Literal["tf", "onnx", "onnx-int8"] = Field(
+        "onnx",
+        description="The encoder's runtime (dc/nlp/backends): `tf`, the TF-Hub SavedModel; "
+        "`onnx`, ONNX Runtime on the fp32 ONNX export of the same weights (the same vectors "
+        "and fingerprint, about 1.7x the throughput here: bench/results/backends.md); "
+        "`onnx-int8`, its int8 quantisation (faster again, a fingerprint of its own: heads "
+        "must be trained on it). The ONNX files are `<DC_EMBEDDER_HANDLE>/onnx/`.",
+    )
+    onnx_intra_op_threads: int = Field(
+        1,
+        ge=0,
+        description="ONNX Runtime threads inside one call (0: one per core). 1, as for "
+        "TensorFlow: DC_ENCODER_WORKERS calls side by side (bench/results/backends.md).",
+    )
+    onnx_inter_op_threads: int = Field(
+        1, ge=1, description="ONNX Runtime nodes run at once within a call (1: in sequence)."
+    )
+    encoder_length_batch: int = Field(
+        16,
+        ge=0,
+        description="Length-aware batching (ONNX backends): an encoder call of more texts than "
+        "this is sorted by token length and run in chunks of at most this many, each padded "
+        "to its own longest text (0: one run per call, padded to its longest).",
+    )
     tf_intra_op_threads: int = Field(
         1,
         ge=0,

@@ -86,9 +86,10 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def encoder(settings):
-    from dc.nlp.encoder import load_encoder
+    """The service's encoder: DC_EMBEDDER_HANDLE on DC_ENCODER_BACKEND (make_settings)."""
+    from dc.nlp.encoder import encoder_from_settings
 
-    return load_encoder(settings.embedder_handle)
+    return encoder_from_settings(settings)
 
 
 @pytest.fixture

@@ -142,8 +142,10 @@ def resolve_head(
 def worker_config(settings: Settings, heads: tuple[HeadRef, ...] = ()) -> WorkerConfig:
     return WorkerConfig(
         handle=settings.embedder_handle,
+        backend=settings.encoder_backend,
         encoder_threads=settings.batch_encoder_threads,
         encoder_batch=settings.batch_encoder_batch,
+        length_batch=settings.encoder_length_batch,
         max_chars=settings.max_text_chars,
         top_k=min(settings.default_top_k, settings.max_top_k),
         heads=heads,

@@ -44,21 +44,29 @@ class WorkerConfig:
     """What every worker needs, shipped with the function (plain values: it is pickled)."""
 
     handle: str
+    backend: str
     encoder_threads: int
     encoder_batch: int
+    length_batch: int
     max_chars: int
     top_k: int
     heads: tuple[HeadRef, ...] = ()
 
 
 def encoder(config: WorkerConfig):
-    """This worker's encoder, loaded on first use (TensorFlow's threads set first)."""
-    key = (config.handle, config.encoder_threads)
+    """This worker's encoder, loaded on first use, on the service's backend (DC_ENCODER_BACKEND)
+    with `encoder_threads` threads inside a call."""
+    key = (config.handle, config.backend, config.encoder_threads)
     if key not in _ENCODERS:
-        from dc.nlp.encoder import configure_tensorflow, load_encoder
+        from dc.nlp.encoder import load_encoder
 
-        configure_tensorflow(config.encoder_threads, 1)
-        _ENCODERS[key] = load_encoder(config.handle)
+        _ENCODERS[key] = load_encoder(
+            config.handle,
+            config.backend,
+            intra_op_threads=config.encoder_threads,
+            inter_op_threads=1,
+            length_batch=config.length_batch,
+        )
     return _ENCODERS[key]
 
 

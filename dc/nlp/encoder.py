@@ -1,26 +1,36 @@
-"""Load a TF-Hub-style sentence embedder and encode phrases with it (the in-process backend).
+"""The one encoder interface: load a sentence embedder on a backend and encode phrases with it.
 
-``load_encoder(handle)`` accepts a local SavedModel folder (such as the one written by
-``scripts/export_embedder.py``) or any handle ``tensorflow_hub.load`` understands (a hub URL,
-where a network exists). TensorFlow is imported only when a model is loaded, so importing this
-module is cheap (load models after gunicorn forks, never before).
+``load_encoder(handle, backend)`` accepts a local export folder (such as the one written by
+``scripts/export_embedder.py``) and, on the ``tf`` backend, any handle ``tensorflow_hub.load``
+understands (a hub URL, where a network exists). The backends (``dc.nlp.backends``):
+
+- ``tf``: the TF-Hub SavedModel, tokeniser in the graph;
+- ``onnx``: ONNX Runtime on the fp32 ONNX export of the same weights: the same vectors (to
+  1e-5, so the same fingerprint: heads trained on one backend serve on the other);
+- ``onnx-int8``: the int8 (dynamically quantised) ONNX export, with its own fingerprint.
+
+A runtime is imported only when a model is loaded, so importing this module is cheap (load
+models after gunicorn forks, never before).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dc.config import Settings
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "embedder.json"
-_PROBE = ["probe phrase"]
+BACKENDS = ("tf", "onnx", "onnx-int8")
 _WARMUP_BATCH = 32
 
 
@@ -37,6 +47,7 @@ class Encoder:
     fingerprint: str
     dimension: int
     handle: str
+    backend: str
     _embed: Callable[[list[str]], np.ndarray] = field(repr=False, compare=False)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -64,73 +75,86 @@ class Encoder:
             self.encode(["warm up the sentence embedder"] * size)
 
 
-def configure_tensorflow(intra_op_threads: int = 0, inter_op_threads: int = 0) -> None:
-    """Set TensorFlow's thread pools; 0 keeps TensorFlow's default (every core).
+def load_encoder(
+    handle: str,
+    backend: str = "tf",
+    *,
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    length_batch: int = 0,
+) -> Encoder:
+    """Load the embedder at ``handle`` on ``backend`` (one of `BACKENDS`).
 
-    Call it before the first model is loaded: TensorFlow fixes its pools when it runs its
-    first op, after which a different value only logs a warning.
-    """
-    import tensorflow as tf
-
-    for pool, threads in (("intra_op", intra_op_threads), ("inter_op", inter_op_threads)):
-        get = getattr(tf.config.threading, f"get_{pool}_parallelism_threads")
-        set_ = getattr(tf.config.threading, f"set_{pool}_parallelism_threads")
-        if threads == 0 or get() == threads:
-            continue
-        try:
-            set_(threads)
-        except RuntimeError:  # the runtime is initialised: pools can no longer change
-            log.warning(
-                "TensorFlow already started: %s threads stay at %s", pool, get() or "default"
-            )
-
-
-def load_encoder(handle: str) -> Encoder:
-    """Load the embedder at ``handle`` (a local SavedModel folder or a TF-Hub handle/URL).
-
-    Supported models, tried in this order:
-
-    1. objects whose ``__call__`` takes a 1-D tf.string tensor and returns a float
-       ``[batch, dim]`` tensor (TF2 hub text embedders such as the Universal Sentence
-       Encoder, and models from ``scripts/export_embedder.py``);
-    2. a ``serving_default`` signature with one tf.string input and either one output or an
-       output named ``embeddings``/``outputs``/``default``.
-
-    Name, fingerprint and dimension come from ``embedder.json`` beside the model when it
-    exists. Otherwise the fingerprint hashes the SavedModel's files (a folder) or the handle
+    On ``tf``, name, fingerprint and dimension come from ``embedder.json`` beside the model when
+    it exists; otherwise the fingerprint hashes the SavedModel's files (a folder) or the handle
     string (remote), the name is the last path component and the dimension is probed. The
-    probe always runs, and a dimension disagreeing with ``embedder.json`` is an error.
+    probe always runs, and a dimension disagreeing with ``embedder.json`` is an error. On the
+    ONNX backends they come from ``onnx/embedder.json`` inside the export folder.
+
+    The thread counts set the backend's pools (0: the runtime's default; on ``tf`` they apply
+    to the whole process, before its first op). ``length_batch`` is the ONNX backends'
+    length-aware batching (``dc.nlp.backends.onnx``); the TF graph tokenises inside, so it
+    always runs a call as one batch.
     Raises FileNotFoundError when a local folder does not exist.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown encoder backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "tf":
+        encoder = _load_tf(handle, intra_op_threads, inter_op_threads)
+    else:
+        from dc.nlp.backends.onnx import load_onnx
+
+        model = load_onnx(
+            handle,
+            "int8" if backend == "onnx-int8" else "fp32",
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            length_batch=length_batch,
+        )
+        encoder = Encoder(
+            model.name, model.fingerprint, model.dimension, handle, backend, model.embed
+        )
+    log.info(
+        "loaded embedder %s (%s, %d dims) from %s on the %s backend",
+        encoder.name,
+        encoder.fingerprint,
+        encoder.dimension,
+        handle,
+        backend,
+    )
+    return encoder
+
+
+def encoder_from_settings(settings: Settings) -> Encoder:
+    """Load the encoder the settings name (``DC_EMBEDDER_HANDLE`` on ``DC_ENCODER_BACKEND``)
+    with that backend's threads and batching settings."""
+    if settings.encoder_backend == "tf":
+        threads = (settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+    else:
+        threads = (settings.onnx_intra_op_threads, settings.onnx_inter_op_threads)
+    return load_encoder(
+        settings.embedder_handle,
+        settings.encoder_backend,
+        intra_op_threads=threads[0],
+        inter_op_threads=threads[1],
+        length_batch=settings.encoder_length_batch,
+    )
+
+
+def _load_tf(handle: str, intra_op_threads: int, inter_op_threads: int) -> Encoder:
+    from dc.nlp.backends.tf_hub import configure_tensorflow, fingerprint_of, load_tf_hub
+
     folder = _local_folder(handle)
-    # tensorflow_text registers the tokeniser ops (NormalizeUTF8, ...) the graph uses; it must
-    # be imported before hub.load or loading fails with "Op type not registered".
-    import tensorflow as tf
-    import tensorflow_hub as hub
-    import tensorflow_text  # noqa: F401
-
-    call = _find_callable(hub.load(handle))
-
-    def embed(texts: list[str]) -> np.ndarray:
-        return call(tf.constant(texts, dtype=tf.string)).numpy()
-
-    dimension = int(embed(_PROBE).shape[-1])
+    configure_tensorflow(intra_op_threads, inter_op_threads)
+    embed, dimension = load_tf_hub(handle)
     metadata = _read_metadata(folder) if folder else None
     if metadata is None:
-        metadata = {"name": _name_of(handle), "fingerprint": _fingerprint(handle, folder)}
+        metadata = {"name": _name_of(handle), "fingerprint": fingerprint_of(handle, folder)}
     elif int(metadata["dimension"]) != dimension:
         raise ValueError(
             f"{handle}: {METADATA_FILE} says {metadata['dimension']} dims, model {dimension}"
         )
-    encoder = Encoder(metadata["name"], metadata["fingerprint"], dimension, handle, embed)
-    log.info(
-        "loaded embedder %s (%s, %d dims) from %s",
-        encoder.name,
-        encoder.fingerprint,
-        dimension,
-        handle,
-    )
-    return encoder
+    return Encoder(metadata["name"], metadata["fingerprint"], dimension, handle, "tf", embed)
 
 
 def _local_folder(handle: str) -> Path | None:
@@ -146,30 +170,6 @@ def _local_folder(handle: str) -> Path | None:
     return folder
 
 
-def _find_callable(model) -> Callable:
-    """Return a function mapping a tf.string batch to a float [batch, dim] tensor."""
-    if callable(model):
-        return model
-    signature = getattr(model, "signatures", {}).get("serving_default")
-    if signature is None:
-        raise TypeError("model is neither callable nor has a serving_default signature")
-    _, inputs = signature.structured_input_signature
-    if len(inputs) != 1:
-        raise TypeError(f"serving_default takes {sorted(inputs)}, expected one string input")
-    (input_name,) = inputs
-
-    def call(texts):
-        outputs = signature(**{input_name: texts})
-        if len(outputs) == 1:
-            return next(iter(outputs.values()))
-        for key in ("embeddings", "outputs", "default"):
-            if key in outputs:
-                return outputs[key]
-        raise TypeError(f"serving_default returns {sorted(outputs)}; which is the embedding?")
-
-    return call
-
-
 def _read_metadata(folder: Path) -> dict | None:
     """Contents of ``folder/embedder.json``, or None when there is none."""
     path = folder / METADATA_FILE
@@ -179,18 +179,3 @@ def _read_metadata(folder: Path) -> dict | None:
 def _name_of(handle: str) -> str:
     """The last non-empty path component of a folder or URL."""
     return [part for part in handle.rstrip("/").split("/") if part][-1]
-
-
-def _fingerprint(handle: str, folder: Path | None) -> str:
-    """Hash a folder's files (relative paths and bytes) or, for a remote handle, the handle."""
-    digest = hashlib.sha256()
-    if folder is None:
-        digest.update(handle.encode())
-        return digest.hexdigest()[:16]
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        digest.update(path.stat().st_size.to_bytes(8, "big"))
-        with path.open("rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]

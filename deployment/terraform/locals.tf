@@ -42,6 +42,8 @@ locals {
   }
   wiring = {
     DC_AWS_REGION = var.aws_region
+    # One backend everywhere: vectors of one fingerprint for the service, training and batch.
+    DC_ENCODER_BACKEND = var.encoder_backend
   }
   database_wiring = {
     DC_DATABASE_URL = local.database_url

@@ -246,6 +246,17 @@ variable "api_settings" {
 
 # --- the embedder service -------------------------------------------------------------------
 
+variable "encoder_backend" {
+  description = "The encoder's runtime (DC_ENCODER_BACKEND), one value for the embedder service, the trainer and the batch job, so their vectors and fingerprints agree: onnx (ONNX Runtime fp32, the default), onnx-int8 (its own fingerprint: heads must be trained on it) or tf (the TF-Hub SavedModel)."
+  type        = string
+  default     = "onnx"
+
+  validation {
+    condition     = contains(["onnx", "onnx-int8", "tf"], var.encoder_backend)
+    error_message = "encoder_backend: onnx, onnx-int8 or tf."
+  }
+}
+
 variable "embedder_cpu" {
   description = "CPU units of one embedder task: its full share, which also sets DC_ENCODER_WORKERS (one per 512 units)."
   type        = number

@@ -233,6 +233,35 @@ def test_a_head_of_another_embedder_is_refused(
     assert not [r for r in caplog.records if "refusing" in r.getMessage()]  # said once
 
 
+def test_heads_serve_only_on_the_backend_vectors_they_were_trained_on(
+    make_store, pg_engine, tiny_versions, settings, tmp_path
+):
+    """fp32 backends (tf, onnx) share one fingerprint; int8 has its own, refused both ways."""
+    from dc.nlp.encoder import load_encoder
+
+    handle = settings.embedder_handle
+    fp32_head = tiny_versions[0]
+    assert load_encoder(handle, "onnx").fingerprint == fp32_head.embedder_fingerprint
+    int8 = load_encoder(handle, "onnx-int8").fingerprint
+    assert int8 != fp32_head.embedder_fingerprint
+    int8_head = copy_with_fingerprint(fp32_head, int8, tmp_path, suffix="-int8")
+    register_versions(pg_engine, [fp32_head, int8_head], promoted=fp32_head.version)
+
+    on_int8 = make_store(fingerprint=lambda: int8)
+    on_int8.refresh()
+    with pytest.raises(EmbedderMismatch, match=f"{fp32_head.embedder_fingerprint}.*{int8}"):
+        on_int8.get(TINY_NAME)
+
+    with session_factory(pg_engine)() as session:
+        promote(session, TINY_NAME, TINY_REGION, int8_head.version, tolerance=1.0)
+    on_int8.refresh()
+    assert on_int8.get(TINY_NAME).version == int8_head.version
+    on_fp32 = make_store()
+    on_fp32.refresh()
+    with pytest.raises(EmbedderMismatch, match=int8):
+        on_fp32.get(TINY_NAME)
+
+
 def test_a_manifest_of_another_embedder_is_refused_too(
     make_store, pg_engine, tiny_versions, tmp_path
 ):

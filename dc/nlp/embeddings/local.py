@@ -1,9 +1,9 @@
 """`LocalEmbedder`: the encoder in this process, behind the phrase cache and the micro-batcher.
 
-The embedded default of the product, and the engine inside the embedder service. TensorFlow is
-reached only through `dc.nlp.encoder`, imported when an encoder is actually loaded
-(`from_settings`): importing this module, or wrapping an encoder that is already loaded, does
-not load TensorFlow.
+The embedded default of the product, and the engine inside the embedder service. The encoder's
+runtime (ONNX Runtime or TensorFlow) is reached only through `dc.nlp.encoder`, imported when an
+encoder is actually loaded (`from_settings`): importing this module, or wrapping an encoder
+that is already loaded, loads neither.
 """
 
 from __future__ import annotations
@@ -67,10 +67,9 @@ class LocalEmbedder(Embedder):
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalEmbedder:
         """Load the encoder named by the settings, warm it up and wrap it."""
-        from dc.nlp.encoder import configure_tensorflow, load_encoder
+        from dc.nlp.encoder import encoder_from_settings
 
-        configure_tensorflow(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
-        encoder = load_encoder(settings.embedder_handle)
+        encoder = encoder_from_settings(settings)
         encoder.warmup()
         return cls.from_encoder(encoder, settings)
 
@@ -128,6 +127,7 @@ class LocalEmbedder(Embedder):
             "mode": "local",
             "model": self.name,
             "handle": self.encoder.handle,
+            "backend": self.encoder.backend,
             "dimension": self.dimension,
             "fingerprint": self.fingerprint,
             "cache": self.cache.stats().as_dict(),
