@@ -31,9 +31,14 @@ _OPERATIONS: dict[tuple[str, str], tuple[str, int, str, tuple[int, ...]]] = {
         "FeedbackResponse",
         (400, 401, 403, 404, 413, 415, 422),
     ),
-    ("/reports/{model}", "get"): ("insights.model_report", 200, "Report", (404, 422, 503)),
+    ("/reports/{model}", "get"): ("insights.model_report", 200, "Report", (404, 414, 422, 503)),
     ("/dashboard", "get"): ("insights.dashboard", 200, "html", (503,)),
-    ("/dashboard/{model}", "get"): ("insights.model_dashboard", 200, "html", (404, 422, 503)),
+    ("/dashboard/{model}", "get"): (
+        "insights.model_dashboard",
+        200,
+        "html",
+        (404, 414, 422, 503),
+    ),
     ("/models", "get"): ("models.list_models", 200, "ModelList", ()),
     ("/models/{model}", "get"): ("models.describe_model", 200, "ModelDetail", (404,)),
     ("/health", "get"): ("operations.health", 200, "Health", ()),
@@ -68,6 +73,8 @@ _REASONS = {
     "no version and no prediction of the model in the region).",
     409: "The model's head was trained on another embedder, or the promotion rule refused.",
     413: "Too many texts, or a body over the size limit.",
+    414: "The request line (with its query string) is over the server's limit (gunicorn's "
+    "limit_request_line, 4,094 bytes).",
     415: "The body is not declared as application/json.",
     422: "The body breaks a rule: missing, empty or whitespace-only text, wrong types, a text "
     "over the limit, unknown fields, k out of range; a feedback label outside its version's "

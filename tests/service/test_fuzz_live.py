@@ -164,6 +164,12 @@ def _meaningful(case) -> bool:
     return True
 
 
+def _distinguishable(case) -> bool:
+    """Whether an invalid case is invalid on the wire too: a one-item list in a query string is
+    `name=value`, the same bytes as the scalar it replaced, which the server rightly accepts."""
+    return not any(isinstance(v, list) and len(v) == 1 for v in (case.query or {}).values())
+
+
 def _window_ok(query: dict) -> bool:
     from datetime import UTC, datetime
 
@@ -199,7 +205,8 @@ def test_every_operation_answers_as_its_spec_says(live):
 
     api, _ = live
     # Refusing invalid data with 413 (too many texts, too big a body) is refusing it too.
-    refusals = ["400", "401", "403", "404", "405", "409", "413", "415", "422", "429"]
+    # So is 414 (a query string over the server's request-line limit).
+    refusals = ["400", "401", "403", "404", "405", "409", "413", "414", "415", "422", "429"]
     config = SchemathesisConfig.from_dict(
         {"checks": {"negative_data_rejection": {"expected-statuses": refusals}}}
     )
@@ -215,7 +222,7 @@ def test_every_operation_answers_as_its_spec_says(live):
     )
     for operation in operations:
         positive = operation.as_strategy(GenerationMode.POSITIVE).filter(_meaningful)
-        negative = operation.as_strategy(GenerationMode.NEGATIVE)
+        negative = operation.as_strategy(GenerationMode.NEGATIVE).filter(_distinguishable)
         for strategy in (positive, negative):
 
             @budget
