@@ -6,14 +6,21 @@ connections, the same gunicorn settings (api/gunicorn.conf.py, DC_API_WORKERS x 
   (b) warm   the service (API in remote mode + embedder service) on a realistic Zipf stream
              (scripts/make_requests.py), after the stream's phrases were sent once to every API
              worker (so every worker's caches hold them);
-  (c) cold   the same stream right after restarting the API and the embedder (empty caches);
+  (c) cold   the same stream right after restarting the API and the embedder (empty caches;
+             this embedder neither reads nor writes a phrase-cache snapshot);
   (d) naive  bench/naive_app.py: per request, the encoder in process (one encode([text])),
              the Keras head (`model(x, training=False)`) and one committed INSERT;
   (e) memory the stack's total RSS and PSS (API master + workers, embedder master + worker),
              with 21 extra promoted models m01..m21 (copies of the demo versions: a manifest
              renamed, the same weights files through a symlink) plus banking77 and clinc150
              loaded, against 21 x ONE naive worker's RSS
-             (one process holding the encoder and one Keras head; measured, then multiplied).
+             (one process holding the encoder and one Keras head; measured, then multiplied);
+  (f) restart the same stream right after restarting the API and the embedder again, where the
+             embedder reads the phrase-cache snapshot that (b)'s embedder wrote when it was
+             stopped (SIGTERM: gunicorn's worker_exit writes DC_CACHE_SNAPSHOT), and each API
+             worker fills its RemoteEmbedder's phrase cache from the embedder's at its start
+             (GET /snapshot, DC_CLIENT_WARM_START); its prediction caches start empty. Its
+             first `--seconds` after the restart, measured as the cold point is.
 
 The stream: make_requests.py --requests N --distinct D; its banking77 requests (about 60%), in
 stream order, are the bodies POSTed to /predict/banking77 (predict.lua takes one path), and the
@@ -23,11 +30,12 @@ open_database: DC_BENCH_DATABASE_URL, else the local server, else SQLite, said l
 migrated and given the promoted demo rows of var/dc.sqlite; the service and the naive app both
 log every prediction to its `inferences` table.
 
-Ratios: (b)/(d) target >= 10, (b)/(a) target >= 0.5, memory stack / (21 x naive) target < 0.25.
+Ratios: (b)/(d) target >= 10, (b)/(a) target >= 0.5, memory stack / (21 x naive) target < 0.25,
+(f)/(b) target >= 0.8 (a restart with the snapshot against the warm service).
 
 Output: a table on stdout, bench/results/design.json, design.md and design.png (matplotlib).
 Every process started is stopped at the end (SIGTERM, then SIGKILL), also on Ctrl-C. About
-2-3 minutes with the defaults. Exit status 0 when all three targets are met, 1 otherwise.
+2-3 minutes with the defaults. Exit status 0 when all four targets are met, 1 otherwise.
 
 Smoke mode (`--smoke`, what `make bench-smoke` runs): 1 s per point, a stream of 1000 requests
 over 100 phrases per model, 2 extra models, one gunicorn worker per app (each naive worker
@@ -68,7 +76,13 @@ from dc.config import Settings  # noqa: E402
 MODEL = "banking77"
 PATH = f"/predict/{MODEL}"
 NAIVE_APP = "bench.naive_app:create_app()"
-TARGETS = {"warm_over_naive": 10.0, "warm_over_echo": 0.5, "memory_ratio": 0.25}
+TARGETS = {
+    "warm_over_naive": 10.0,
+    "warm_over_echo": 0.5,
+    "memory_ratio": 0.25,
+    "restart_over_warm": 0.8,
+}
+SNAPSHOT = "embedder-snapshot.npz"  # in the run's work folder: (b)'s embedder writes, (f) reads
 
 
 # --- set-up ---------------------------------------------------------------------------------
@@ -194,15 +208,22 @@ def measure(name: str, wrk: str, port: int, bodies: Path, path: str, args) -> di
     result["point"] = name
     split = "/".join(map(str, result["connections_by_worker"])) or "?"
     print(
-        f"  {name:6} {result['requests_per_s']:8.1f} req/s  p50 {result['p50_ms']:7.2f} ms  "
+        f"  {name:7} {result['requests_per_s']:8.1f} req/s  p50 {result['p50_ms']:7.2f} ms  "
         f"p99 {result['p99_ms']:8.2f} ms  errors {result['errors']}  connections {split}"
     )
     return result
 
 
-def start_stack(run: Run, settings: dict[str, str], tag: str, models: list[str]):
-    """Start the embedder, wait until ready, then the API; wait until every model serves."""
-    embedder = run.start_embedder(f"embedder-{tag}")
+def start_stack(
+    run: Run,
+    settings: dict[str, str],
+    tag: str,
+    models: list[str],
+    embedder_settings: dict[str, str] | None = None,
+):
+    """Start the embedder (with the DC_* `embedder_settings`), wait until ready, then the API;
+    wait until every model serves."""
+    embedder = run.start_embedder(f"embedder-{tag}", embedder_settings)
     api = run.start_api(embedder, settings, models, name=f"api-{tag}")
     return embedder, api
 
@@ -230,7 +251,8 @@ def point_warm(run: Run, wrk: str, settings, models, texts, bodies: Path, args):
         The point, the warm-up's figures and the stack's processes' memory.
     """
     print(f"starting the embedder and the API ({len(models)} models) ...")
-    embedder, api = start_stack(run, settings, "warm", models)
+    # This embedder's cache, filled by the warm-up, is what (f)'s embedder finds on disk.
+    embedder, api = start_stack(run, settings, "warm", models, snapshot_settings(run))
     warm = warm_api(api, MODEL, texts, args.workers)
     print(
         f"  warm-up: {len(texts)} texts into each of {len(warm['workers_warmed'])} workers, "
@@ -241,8 +263,13 @@ def point_warm(run: Run, wrk: str, settings, models, texts, bodies: Path, args):
     point = measure("warm", wrk, api.port, bodies, PATH, args)
     point.update(cache_delta(api, before))
     stack_procs = {"api": group_memory(api), "embedder": group_memory(embedder)}
-    run.stop(api, embedder)
+    run.stop(api, embedder)  # SIGTERM: the embedder writes its snapshot as it exits
     return point, warm, stack_procs
+
+
+def snapshot_settings(run: Run) -> dict[str, str]:
+    """The embedder settings of (b) and (f): the phrase-cache snapshot in the work folder."""
+    return {"DC_CACHE_SNAPSHOT": str(run.workdir / SNAPSHOT)}
 
 
 def point_cold(run: Run, wrk: str, settings, models, bodies: Path, args) -> dict:
@@ -251,6 +278,31 @@ def point_cold(run: Run, wrk: str, settings, models, bodies: Path, args) -> dict
     before = ApiCounters.read(api.port, MODEL)
     point = measure("cold", wrk, api.port, bodies, PATH, args)
     point.update(cache_delta(api, before))
+    run.stop(api, embedder)
+    return point
+
+
+def point_restart(run: Run, wrk: str, settings, models, bodies: Path, args) -> dict:
+    """(f): a fresh API and embedder, no warm-up, but the embedder reads (b)'s snapshot (and
+    the API's workers fill their phrase caches from the embedder's at start, as by default)."""
+    if not (run.workdir / SNAPSHOT).exists():
+        raise SystemExit(f"(b)'s embedder wrote no snapshot ({SNAPSHOT}) when it was stopped")
+    embedder, api = start_stack(run, settings, "restart", models, snapshot_settings(run))
+    status, _, body = http_call(embedder.port, "GET", "/info")
+    if status != 200:
+        raise SystemExit(f"the restarted embedder's /info answered {status}")
+    warm_start = json.loads(body)["warm_start"]
+    before = ApiCounters.read(api.port, MODEL)
+    point = measure("restart", wrk, api.port, bodies, PATH, args)
+    point.update(cache_delta(api, before))
+    point["warm_start"] = warm_start
+    snapshot = warm_start["snapshot"]
+    print(
+        f"         embedder snapshot: {snapshot['state']}, {snapshot['entries']} phrases in "
+        f"{snapshot['seconds']} s"
+    )
+    if snapshot["state"] != "loaded":
+        raise SystemExit(f"the restarted embedder did not load the snapshot: {warm_start}")
     run.stop(api, embedder)
     return point
 
@@ -285,7 +337,9 @@ LABELS = {
     "warm": "(b) service, warm caches",
     "cold": "(c) service, empty caches",
     "naive": "(d) naive: encoder + Keras + INSERT per request",
+    "restart": "(f) service restarted, embedder snapshot",
 }
+POINTS = ("echo", "warm", "cold", "restart", "naive")
 
 
 def to_markdown(report: dict) -> str:
@@ -304,14 +358,20 @@ def to_markdown(report: dict) -> str:
         "| point | req/s | p50 ms | p99 ms | errors | cache hits |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for key in ("echo", "warm", "cold", "naive"):
+    for key in POINTS:
         p = points[key]
         hits = f"{100 * p['cache_hit_share']:.1f}%" if "cache_hit_share" in p else "-"
         lines.append(
             f"| {LABELS[key]} | {p['requests_per_s']:.0f} | {p['p50_ms']:.2f} | "
             f"{p['p99_ms']:.2f} | {p['errors']} | {hits} |"
         )
+    snapshot = points["restart"]["warm_start"]["snapshot"]
     lines += [
+        "",
+        f"(f): the restarted embedder read {snapshot['entries']} phrases from the snapshot its "
+        f"predecessor (b) wrote on SIGTERM, in {snapshot['seconds']} s, before it answered "
+        "ready; each API worker then filled its own phrase cache from the embedder's at its "
+        "start (`GET /snapshot`, DC_CLIENT_WARM_START); the prediction caches started empty.",
         "",
         "| memory (e) | RSS MB | PSS MB |",
         "|---|---:|---:|",
@@ -328,6 +388,7 @@ def to_markdown(report: dict) -> str:
         ("warm_over_naive", "(b) / (d) req/s", ">="),
         ("warm_over_echo", "(b) / (a) req/s", ">="),
         ("memory_ratio", "memory stack / (21 x naive), RSS", "<"),
+        ("restart_over_warm", "(f) / (b) req/s, first seconds after a restart", ">="),
     ):
         verdict = "pass" if ratios[key]["pass"] else "**FAIL**"
         lines.append(
@@ -347,12 +408,11 @@ def save_chart(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     points, mem = report["points"], report["memory"]
-    keys = ("echo", "warm", "cold", "naive")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     bars = left.bar(
-        ["(a) echo", "(b) warm", "(c) cold", "(d) naive"],
-        [points[k]["requests_per_s"] for k in keys],
-        color=["grey", "tab:green", "tab:orange", "tab:red"],
+        ["(a) echo", "(b) warm", "(c) cold", "(f) restart", "(d) naive"],
+        [points[k]["requests_per_s"] for k in POINTS],
+        color=["grey", "tab:green", "tab:orange", "tab:cyan", "tab:red"],
     )
     left.bar_label(bars, fmt="%.0f")
     left.set_ylabel("requests/s")
@@ -374,7 +434,7 @@ def print_table(report: dict) -> None:
     points, mem, ratios = report["points"], report["memory"], report["ratios"]
     print()
     print(f"{'point':50} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>9} {'errors':>7} {'hits':>7}")
-    for key in ("echo", "warm", "cold", "naive"):
+    for key in POINTS:
         p = points[key]
         hits = f"{100 * p['cache_hit_share']:.1f}%" if "cache_hit_share" in p else "-"
         print(
@@ -389,15 +449,17 @@ def print_table(report: dict) -> None:
     )
     for key, value in ratios.items():
         verdict = "PASS" if value["pass"] else "FAIL"
-        print(f"  {key:16} {value['value']:8.3f}  target {value['target']}  {verdict}")
+        print(f"  {key:17} {value['value']:8.3f}  target {value['target']}  {verdict}")
 
 
 def ratios_of(points: dict, memory: dict) -> dict:
-    """The three ratios, each with its target and whether it is met."""
+    """The four ratios, each with its target and whether it is met."""
+    warm = points["warm"]["requests_per_s"]
     values = {
-        "warm_over_naive": points["warm"]["requests_per_s"] / points["naive"]["requests_per_s"],
-        "warm_over_echo": points["warm"]["requests_per_s"] / points["echo"]["requests_per_s"],
+        "warm_over_naive": warm / points["naive"]["requests_per_s"],
+        "warm_over_echo": warm / points["echo"]["requests_per_s"],
         "memory_ratio": memory["rss_ratio"],
+        "restart_over_warm": points["restart"]["requests_per_s"] / warm,
     }
     return {
         key: {
@@ -531,6 +593,7 @@ def main() -> int:
             run, wrk, shared, models, texts, bodies, args
         )
         points["cold"] = point_cold(run, wrk, shared, models, bodies, args)
+        points["restart"] = point_restart(run, wrk, shared, models, bodies, args)
         points["naive"], naive_procs = point_naive(run, wrk, shared, database, texts, bodies, args)
     memory = memory_summary(stack_procs, naive_procs, len(models))
     stream = {"requests": stream_len, "bodies": n_bodies, "distinct_texts": len(texts)}

@@ -165,7 +165,14 @@ def measure_point(wrk, port, workdir, phrases, clients, seconds, hot=(), share=0
 
 def start_service(port: int, settings_env: dict[str, str]) -> subprocess.Popen:
     """Start the embedder under gunicorn with the default settings plus `settings_env`."""
-    env = {**os.environ, **settings_env, "DC_EMBEDDER_PORT": str(port), "DC_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        # No phrase-cache snapshot: every point starts with an empty cache.
+        "DC_CACHE_SNAPSHOT": "",
+        **settings_env,
+        "DC_EMBEDDER_PORT": str(port),
+        "DC_LOG_LEVEL": "WARNING",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "embedder/gunicorn.conf.py"], cwd=REPO, env=env
     )

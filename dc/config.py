@@ -109,6 +109,38 @@ class _EmbeddingSettings(BaseSettings):
         1, ge=1, description="Retry-After seconds sent with 429 and 503 answers."
     )
 
+    # --- warm start of the phrase cache (the embedder service; dc/nlp/warm_start.py) ------------
+    cache_snapshot: str = Field(
+        str(VAR_DIR / "cache" / "embedder-snapshot.npz"),
+        description="Where the embedder service writes its phrase cache when it stops "
+        "(SIGTERM) and reads it back when it starts: a local .npz path (written beside, then "
+        "renamed into place) or `s3://bucket/key` (DC_S3_ENDPOINT_URL and DC_AWS_REGION "
+        "apply), so that a task replacing another starts with its cache. A snapshot of "
+        "another encoder (fingerprint) is ignored. Empty: no snapshots.",
+    )
+    cache_snapshot_max_entries: int = Field(
+        50_000,
+        ge=0,
+        description="Most phrases written to the snapshot, the most recently used first "
+        "(about 1.6 KB each on disk at 384 dimensions; writing 50,000 takes well under a "
+        "second).",
+    )
+    warm_start_phrases: int = Field(
+        10_000,
+        ge=0,
+        description="Without a usable snapshot, the embedder encodes this many of the most "
+        "frequent texts of the inference log's last day (DC_DATABASE_URL, when set and "
+        "reachable) in the background after it starts, one micro-batch at a time beside live "
+        "traffic (about 20 s for 10,000 on 2 cores). 0: no pre-warm.",
+    )
+    warm_start_wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="Longest the embedder's readiness waits for its snapshot to load; past "
+        "it /ready answers ready and the snapshot keeps loading in the background. Pre-warm "
+        "from the inference log never delays readiness.",
+    )
+
     # --- the embedder service (embedder/) ---------------------------------------------------
     embedder_host: str = Field("127.0.0.1", description="Address the embedder service binds to.")
     embedder_port: int = Field(8501, ge=1, le=65535, description="Port of the embedder service.")
@@ -171,6 +203,13 @@ class Settings(_EmbeddingSettings):
     )
     client_pool_size: int = Field(
         32, ge=1, description="Remote client: pooled keep-alive connections to the embedder."
+    )
+    client_warm_start: bool = Field(
+        True,
+        description="Remote client: at a worker's start, fill its own phrase cache from the "
+        "embedder's (`GET /snapshot`, its most recent DC_CACHE_SIZE entries), on a thread of "
+        "its own, so that a restarted API answers the phrases the embedder knows without a "
+        "round trip from its first request (bench/results/design.md, point f).",
     )
 
     # --- data, training and artifacts (issue 3) ------------------------------------------------

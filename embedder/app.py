@@ -10,13 +10,17 @@ counting hooks are the web kit's (`web/`), shared with the prediction API.
 
 from __future__ import annotations
 
+import io
+import re
 import time
 from collections.abc import Callable
 
+import numpy as np
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dc.config import Settings, get_settings
+from dc.errors import InvalidInput
 from dc.nlp.embeddings import (
     BINARY_MEDIA_TYPE,
     HEADER_CACHED,
@@ -27,12 +31,15 @@ from dc.nlp.embeddings import (
     vectors_to_bytes,
 )
 from dc.nlp.validation import max_body_bytes, validate_texts
+from dc.nlp.warm_start import Snapshot, encode_snapshot
 from dc.serve.loader import BackgroundLoader
 from dc.utilities.logging import configure_logging
 from embedder.metrics import EmbedderMetrics
 from web.body import JSON_MEDIA_TYPE, json_body
 from web.errors import register_error_handlers
 from web.hooks import register_request_hooks
+
+ENGINE = "dc.engine"
 
 
 def create_app(settings: Settings | None = None, engine: LocalEmbedder | None = None) -> Flask:
@@ -54,13 +61,16 @@ def create_app(settings: Settings | None = None, engine: LocalEmbedder | None = 
     def load_engine() -> LocalEmbedder:  # on the loader thread, once `metrics` exists
         loaded = LocalEmbedder.from_settings(settings)
         loaded.add_batch_listener(metrics.observe_batch)  # before the engine is visible
+        # The snapshot of the phrase cache (or a pre-warm from the inference log): ready once
+        # it is read, or after DC_WARM_START_WAIT_S; `close_app` writes it on SIGTERM.
+        loaded.start_warm_start(settings)
         return loaded
 
     holder = engine_loader(settings, load_engine, engine)
     metrics = EmbedderMetrics(lambda: holder.value)
     if engine is not None:
         engine.add_batch_listener(metrics.observe_batch)
-    app.extensions["dc.engine"] = holder
+    app.extensions[ENGINE] = holder
     app.extensions["dc.metrics"] = metrics
     register_error_handlers(app)
     holder.start()
@@ -139,6 +149,23 @@ def create_app(settings: Settings | None = None, engine: LocalEmbedder | None = 
         body["loaded_in_s"] = holder.loaded_in_s
         return jsonify(body)
 
+    @app.get("/snapshot")
+    def snapshot():
+        """The phrase cache's most recent entries, at most `limit` (default and most: the
+        cache's size), as a warm-start snapshot (the .npz of dc.nlp.warm_start): what an API
+        worker in remote mode fills its own phrase cache with at start."""
+        engine = holder.require()
+        limit = query_limit(request.args, engine.cache.maxsize)
+        texts, vectors = engine.cache.entries(engine.fingerprint, limit)
+        if not texts:
+            vectors = np.zeros((0, engine.dimension), dtype=np.float32)
+        body = io.BytesIO()
+        encode_snapshot(Snapshot(engine.fingerprint, engine.dimension, texts, vectors), body)
+        response = Response(body.getvalue(), mimetype=BINARY_MEDIA_TYPE)
+        response.headers[HEADER_FINGERPRINT] = engine.fingerprint
+        response.headers[HEADER_COUNT] = str(len(texts))
+        return response
+
     @app.get("/metrics")
     def prometheus_metrics():
         """Prometheus metrics: requests, stage latency, batch sizes, cache and queue."""
@@ -146,6 +173,30 @@ def create_app(settings: Settings | None = None, engine: LocalEmbedder | None = 
         return Response(generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def query_limit(args, most: int) -> int:
+    """`?limit=N` of /snapshot: a whole number from 0 to `most` (`most` when absent)."""
+    values = args.getlist("limit")
+    unknown = sorted(set(args) - {"limit"})
+    if unknown or len(values) > 1:
+        raise InvalidInput(f"/snapshot takes one parameter, limit; got {unknown or 'limit twice'}")
+    if not values:
+        return most
+    if not re.fullmatch(r"[0-9]{1,9}", values[0]):
+        raise InvalidInput("limit must be a whole number")
+    limit = int(values[0])
+    if not 0 <= limit <= most:
+        raise InvalidInput(f"limit must be from 0 to {most} (the cache's size)")
+    return limit
+
+
+def close_app(app: Flask | None) -> None:
+    """Release the engine of an app made by `create_app` (gunicorn's `worker_exit` on
+    SIGTERM): stop its warm start, write its phrase-cache snapshot, stop its micro-batcher."""
+    holder = app.extensions.get(ENGINE) if app is not None else None
+    if holder is not None:
+        holder.close()
 
 
 def engine_loader(

@@ -4,6 +4,9 @@ One worker by default: the worker owns the model and batches across every reques
 threads (not processes) give concurrency; the model is loaded after fork, never in the master.
 What both services share (the worker class `web.worker.BufferedThreadWorker`, no preloading,
 keep-alive, logging, no access log) comes from `web/gunicorn_base.py`.
+
+On SIGTERM the worker closes its engine (`worker_exit`), which writes the phrase-cache snapshot
+(DC_CACHE_SNAPSHOT) that the next embedder reads at start; `graceful_timeout` leaves it the time.
 """
 
 from dc.config import get_settings
@@ -21,3 +24,9 @@ graceful_timeout = 30
 backlog = 256
 proc_name = "dc-embedder"
 control_socket = control_socket_path("embedder", _settings.embedder_port)
+
+
+def worker_exit(server, worker):
+    from embedder.app import close_app
+
+    close_app(getattr(worker, "wsgi", None))

@@ -47,6 +47,17 @@ class _EngineCollector:
             "Texts waiting for the encoder",
             value=engine.batcher.queue_depth,
         )
+        if engine.warm_start is not None:
+            warm = engine.warm_start.info()
+            phrases = GaugeMetricFamily(
+                "embedder_warm_start_phrases",
+                "Phrases put in the cache at start, by source: the snapshot read, or the "
+                "inference log's frequent texts encoded so far (pre-warm)",
+                labels=["source"],
+            )
+            phrases.add_metric(["snapshot"], warm["snapshot"]["entries"])
+            phrases.add_metric(["prewarm"], warm["prewarm"]["encoded"])
+            yield phrases
 
 
 class EmbedderMetrics:

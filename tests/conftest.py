@@ -66,7 +66,9 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 
 def make_settings(**overrides) -> Settings:
-    """Small limits so tests reach them quickly; everything else as configured."""
+    """Small limits so tests reach them quickly, and no phrase-cache snapshot (an engine
+    started from these settings would otherwise read and write var/'s); everything else as
+    configured."""
     values = dict(
         cache_size=1000,
         max_batch_size=8,
@@ -74,6 +76,7 @@ def make_settings(**overrides) -> Settings:
         max_texts_per_request=32,
         max_text_chars=500,
         log_level="WARNING",
+        cache_snapshot="",
     )
     values.update(overrides)
     return Settings(**values)
@@ -135,7 +138,15 @@ def run_gunicorn(
     """
     port = free_port()
     host_env = port_env.removesuffix("PORT") + "HOST"
-    full_env = {**os.environ, **env, host_env: "127.0.0.1", port_env: str(port)}
+    # No phrase-cache snapshot unless the test asks for one: a server would otherwise read the
+    # one the last test run left in var/ and write its own there.
+    full_env = {
+        **os.environ,
+        "DC_CACHE_SNAPSHOT": "",
+        **env,
+        host_env: "127.0.0.1",
+        port_env: str(port),
+    }
     log_path = REPO / "var" / "test-logs" / f"gunicorn-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:

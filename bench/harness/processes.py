@@ -74,13 +74,15 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 def server_env() -> dict[str, str]:
     """The environment of a server a benchmark starts: this one's without any DC_* setting
-    (each point sets its own) or Prometheus folder, quiet logs, unbuffered output."""
+    (each point sets its own) or Prometheus folder, quiet logs, unbuffered output, no
+    phrase-cache snapshot."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("DC_") and k != "PROMETHEUS_MULTIPROC_DIR"
     }
-    env.update({"DC_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+    # No phrase-cache snapshot unless a point asks for one (the default is a file in var/).
+    env.update({"DC_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1", "DC_CACHE_SNAPSHOT": ""})
     return env
 
 

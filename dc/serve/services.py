@@ -9,6 +9,7 @@ for its fingerprint.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 
 from dc.config import Settings
@@ -62,6 +63,13 @@ def embedder_loader(
     """
     if embedder is None and settings.embedder_mode == "remote":
         embedder = RemoteEmbedder.from_settings(settings)  # a client: no connection made yet
+        if settings.client_warm_start and settings.cache_size:
+            threading.Thread(
+                target=embedder.warm_from_service,
+                args=(settings.cache_size,),
+                name="api-warm-start",
+                daemon=True,
+            ).start()
     return BackgroundLoader(
         lambda: _local_embedder(settings),
         source=f"the encoder from {settings.embedder_handle}",

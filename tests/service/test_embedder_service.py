@@ -203,3 +203,62 @@ def test_remote_client_retries_transient_failures_only(encoder):
         client.close()
     finally:
         server.shutdown()
+
+
+def test_a_restarted_embedder_reads_the_cache_snapshot_its_predecessor_wrote_on_sigterm(
+    tmp_path,
+):
+    """Warm start: SIGTERM writes the phrase cache (gunicorn's worker_exit); the next start
+    reads it, so its first answers for those phrases come from the cache."""
+    snapshot = tmp_path / "cache" / "embedder-snapshot.npz"
+    env = {**SERVICE_ENV, "DC_CACHE_SNAPSHOT": str(snapshot), "DC_LOG_LEVEL": "INFO"}
+    phrases = [f"warm start phrase {i}: where is my card?" for i in range(20)] + ["Straße 💳"]
+
+    with run_gunicorn("embedder/gunicorn.conf.py", env) as (url, _proc):
+        info = requests.get(url + "/info", timeout=10).json()["warm_start"]
+        assert info["snapshot"]["state"] == "absent" and info["prewarm"]["state"] == "skipped"
+        first = requests.post(url + "/embed", json={"texts": phrases}, timeout=30)
+        assert first.headers["X-Embedding-Cached"] == "0" * len(phrases)
+        vectors = np.array(first.json()["vectors"], dtype=np.float32)
+    assert snapshot.exists()  # written when the context's SIGTERM stopped the worker
+
+    with run_gunicorn("embedder/gunicorn.conf.py", env) as (url, _proc):
+        info = requests.get(url + "/info", timeout=10).json()
+        assert info["warm_start"]["snapshot"]["state"] == "loaded"
+        assert info["warm_start"]["snapshot"]["entries"] == len(phrases)
+        assert info["cache"]["size"] == len(phrases)
+        again = requests.post(
+            url + "/embed",
+            json={"texts": phrases},
+            headers={"Accept": "application/octet-stream"},
+            timeout=30,
+        )
+        assert again.status_code == 200
+        assert again.headers["X-Embedding-Cached"] == "1" * len(phrases)
+        restored = np.frombuffer(again.content, dtype="<f4").reshape(len(phrases), -1)
+        np.testing.assert_allclose(restored, vectors, atol=1e-6)
+        metrics = requests.get(url + "/metrics", timeout=10).text
+        assert 'embedder_warm_start_phrases{source="snapshot"} 21.0' in metrics
+
+        # An API worker starting now fills its own phrase cache from this embedder's.
+        client = RemoteEmbedder(url, cache_size=1000, retries=0)
+        assert client.warm_from_service(1000) == len(phrases)
+        result = client.embed(phrases)
+        assert all(result.cached)
+        np.testing.assert_allclose(result.vectors, vectors, atol=1e-6)
+        assert RemoteEmbedder(url, cache_size=1000, retries=0).warm_from_service(5) == 5
+        too_many = str(info["cache"]["maxsize"] + 1)
+        for bad in ("-1", "x", "1.5", "٣", " 1", too_many):
+            refused = requests.get(url + "/snapshot", params={"limit": bad}, timeout=10)
+            assert refused.status_code == 422, bad
+            assert refused.json()["error"]["code"] == "invalid_input"
+        refused = requests.get(url + "/snapshot", params={"limit": 1, "other": 2}, timeout=10)
+        assert refused.status_code == 422
+
+
+def test_a_client_warm_start_without_an_embedder_is_a_log_line_not_an_error(caplog):
+    client = RemoteEmbedder(f"http://127.0.0.1:{free_port()}", cache_size=100, retries=0)
+    with caplog.at_level("WARNING", logger="dc.nlp.embeddings.remote"):
+        assert client.warm_from_service(100) == 0
+    assert "no warm start from the embedder's cache" in caplog.text
+    assert client.cache.stats().size == 0

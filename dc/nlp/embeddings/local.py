@@ -22,6 +22,7 @@ from dc.nlp.embeddings.interface import Embedder, EmbedResult, assemble
 
 if TYPE_CHECKING:
     from dc.nlp.encoder import Encoder
+    from dc.nlp.warm_start import WarmStart
 
 
 class LocalEmbedder(Embedder):
@@ -54,6 +55,7 @@ class LocalEmbedder(Embedder):
         self.cache = PhraseCache(cache_size)
         self._batch_listeners: list[Callable[[int, float], None]] = []
         self._wait_timeout_s = wait_timeout_s
+        self.warm_start: WarmStart | None = None  # see start_warm_start
         self.batcher = MicroBatcher(
             encoder.encode,
             max_batch_size=max_batch_size,
@@ -85,6 +87,16 @@ class LocalEmbedder(Embedder):
             batch_wait_s=settings.batch_wait_ms / 1000,
             workers=settings.encoder_workers,
         )
+
+    def start_warm_start(self, settings: Settings) -> WarmStart:
+        """Warm the cache up (dc.nlp.warm_start): read the snapshot of `settings.cache_snapshot`,
+        or else pre-warm from the inference log, on a thread of its own; returns once the
+        snapshot is read, or after `settings.warm_start_wait_s`. `close()` then writes the
+        snapshot. The embedder service calls it right after loading its engine."""
+        from dc.nlp.warm_start import WarmStart
+
+        self.warm_start = WarmStart(self, settings)
+        return self.warm_start.start()
 
     def add_batch_listener(self, listener: Callable[[int, float], None]) -> None:
         """Call `listener(batch size, seconds)` after every encoder call (for metrics)."""
@@ -138,7 +150,10 @@ class LocalEmbedder(Embedder):
                 "max_queue": self.batcher.max_queue,
                 "queue_depth": self.batcher.queue_depth,
             },
+            "warm_start": self.warm_start.info() if self.warm_start is not None else None,
         }
 
     def close(self) -> None:
+        if self.warm_start is not None:
+            self.warm_start.close()  # stops the pre-warm, writes the snapshot
         self.batcher.close()

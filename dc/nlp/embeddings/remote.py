@@ -80,6 +80,32 @@ class RemoteEmbedder(Embedder):
             retry_after_s=settings.retry_after_s,
         )
 
+    def warm_from_service(self, limit: int) -> int:
+        """Fill the phrase cache with the embedder's most recent `limit` entries (its
+        `GET /snapshot`); returns how many were added. Never raises: an embedder that is away
+        or answers something else is logged, and the cache fills from traffic as usual."""
+        import io
+
+        from dc.nlp.warm_start import SnapshotError, decode_snapshot
+
+        started = time.perf_counter()
+        try:
+            response = self._request("GET", "/snapshot", params={"limit": limit})
+            snapshot = decode_snapshot(io.BytesIO(response.content))
+        except (DCError, SnapshotError) as exc:
+            log.warning(
+                "no warm start from the embedder's cache: %s", getattr(exc, "detail", None) or exc
+            )
+            return 0
+        added = self.cache.load(snapshot.fingerprint, snapshot.texts, snapshot.vectors)
+        log.info(
+            "warm start: %d phrases from the embedder's cache (%s) in %.2f s",
+            added,
+            snapshot.fingerprint,
+            time.perf_counter() - started,
+        )
+        return added
+
     # The service's identity is fetched once, on first use, so that building a client never
     # needs the service to be up.
     def _server_info(self) -> dict[str, Any]:
