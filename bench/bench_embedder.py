@@ -59,8 +59,12 @@ RAW_BATCHES = (1, 8, 32, 128)
 CONCURRENCY = (1, 4, 16, 64)
 REPEAT_SHARE = 0.9
 # One encoder call at a time on every core: the runtime's own threads (TF's or ONNX Runtime's).
-_ONE_CALL = {"DC_ENCODER_WORKERS": "1", "DC_TF_INTRA_OP_THREADS": "0",
-             "DC_TF_INTER_OP_THREADS": "0", "DC_ONNX_INTRA_OP_THREADS": "0"}
+_ONE_CALL = {
+    "DC_ENCODER_WORKERS": "1",
+    "DC_TF_INTRA_OP_THREADS": "0",
+    "DC_TF_INTER_OP_THREADS": "0",
+    "DC_ONNX_INTRA_OP_THREADS": "0",
+}
 BATCHING_CONFIGS = (
     {**_ONE_CALL, "DC_BATCH_WAIT_MS": "0"},
     {**_ONE_CALL, "DC_BATCH_WAIT_MS": "10"},

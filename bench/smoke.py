@@ -87,6 +87,7 @@ SMOKE_LANES = (
     (
         ("bench_embedder", ["bench/bench_embedder.py", "--smoke"]),
         ("bench_tf_threads", ["bench/bench_tf_threads.py", "--smoke"]),
+        ("bench_backends", ["bench/bench_backends.py", "--smoke"]),
         ("sweep_sizing", ["bench/sweep_sizing.py", "--smoke"]),
         ("bench_overload", ["bench/bench_overload.py", "--smoke", "--out", str(RESULTS)]),
         ("bench_reports", ["bench/bench_reports.py", "--smoke"]),
@@ -96,7 +97,8 @@ LOG_TAIL_LINES = 40
 
 # What each benchmark's smoke run writes into RESULTS (checked by --check-results).
 EXPECTED_RESULTS = (
-    "embedder.json", "embedder.md", "tf_threads.json", "tf_threads.md", "heads.json", "heads.md",
+    "embedder.json", "embedder.md", "tf_threads.json", "tf_threads.md", "backends.json",
+    "backends.md", "heads.json", "heads.md",
     "api.json", "api.md", "design.json", "design.md", "design.png", "sizing.json", "sizing.md",
     "sizing.png", "overload.json", "overload.md", "log_size.json", "log_size.md", "reports.json",
     "reports.md", "batch.json", "batch.md",
