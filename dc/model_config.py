@@ -58,6 +58,11 @@ def is_valid_name(value: object, *, max_length: int) -> bool:
     return isinstance(value, str) and len(value) <= max_length and bool(_NAME_RE.fullmatch(value))
 
 
+# The region of a config without `[model] region`, and of rows loaded without --region: one
+# default everywhere, so that rows loaded and models trained with the defaults meet.
+DEFAULT_REGION = "global"
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -66,7 +71,7 @@ class ModelSection(_Section):
     """`[model]`: what the trained head is called and where it belongs."""
 
     name: str = Field(pattern=_NAME_PATTERN, max_length=100)
-    region: str = Field("global", pattern=_NAME_PATTERN, max_length=50)
+    region: str = Field(DEFAULT_REGION, pattern=_NAME_PATTERN, max_length=50)
 
 
 class DataConfig(_Section):

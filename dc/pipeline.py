@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -19,7 +20,7 @@ from dc.config import Settings
 from dc.errors import InvalidInput
 from dc.model_config import ModelConfig
 from dc.nlp.embeddings import Embedder
-from dc.queries.training import fetch_training_rows
+from dc.queries.training import fetch_training_rows, regions_with_rows
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,39 @@ class PipelineResult:
     artifact_uri: str
     promoted: bool
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def require_training_rows(config: ModelConfig, engine: Engine, *, retries: int = 3) -> None:
+    """Raise InvalidInput, saying where `config`'s rows are instead, when its region has none
+    within its history window. Cheap (one grouped count, no model loaded): scripts/train.py
+    runs it for every config before it loads the encoder."""
+    from persistence.models import utcnow
+
+    source, region, days = config.data.source, config.model.region, config.data.history_days
+    since = utcnow() - timedelta(days=days)
+    where = regions_with_rows(engine, source, since, retries=retries)
+    if where.get(region, (0, 0))[0]:
+        return
+    problem = (
+        f"no training rows for model {source!r} in region {region!r} within the last {days} days"
+    )
+    if region in where:
+        hint = (
+            f"its {where[region][1]:,} rows there are older: raise [data] history_days or "
+            "load newer rows"
+        )
+    elif where:
+        found = ", ".join(f"{r!r} ({total:,} rows)" for r, (_, total) in where.items())
+        hint = (
+            f"the table has its rows in region {found}: set [model] region in the config to "
+            f"that region, or load the rows again with --region {region}"
+        )
+    else:
+        hint = (
+            f"the table has no rows for it at all: load them with "
+            f"`python scripts/load_training_data.py --model {source} FILE.csv`"
+        )
+    raise InvalidInput(f"{problem}; {hint}")
 
 
 def train_model(
@@ -86,11 +120,7 @@ def train_model(
     )
     seconds["extract"] = time.perf_counter() - started
     if raw.empty:
-        raise InvalidInput(
-            f"no training rows for model {config.data.source!r} in region {region!r} within "
-            f"the last {config.data.history_days} days; load them with "
-            "scripts/load_training_data.py"
-        )
+        require_training_rows(config, engine, retries=settings.db_retries)
     log.info("%s/%s: %d raw rows extracted in %.1f s", region, name, len(raw), seconds["extract"])
 
     with new_session() as session:

@@ -13,6 +13,7 @@ sys.path.insert(0, str(REPO))  # run as a plain script, installed or not
 from dc.config import get_settings  # noqa: E402
 from dc.data import load_csv  # noqa: E402
 from dc.errors import DataError  # noqa: E402
+from dc.model_config import DEFAULT_REGION  # noqa: E402
 from dc.utilities.logging import configure_logging  # noqa: E402
 from persistence.db import make_engine, upgrade  # noqa: E402
 from persistence.models import SPLITS  # noqa: E402
@@ -33,13 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=(
             "examples:\n"
             "  # BANKING77's own test set stays the test split; preparation splits the rest\n"
-            "  python scripts/load_training_data.py --model banking77 --region eu \\\n"
-            "      data/banking77/train.csv\n"
-            "  python scripts/load_training_data.py --model banking77 --region eu \\\n"
+            "  python scripts/load_training_data.py --model banking77 data/banking77/train.csv\n"
+            "  python scripts/load_training_data.py --model banking77 \\\n"
             "      --split test data/banking77/test.csv\n"
             "  # load a file again after editing it: its earlier rows are replaced\n"
-            "  python scripts/load_training_data.py --model clinc150 --region eu \\\n"
+            "  python scripts/load_training_data.py --model clinc150 \\\n"
             "      --split validation --replace data/clinc150/val.csv\n"
+            '  # a regional model: its config says [model] region = "us"\n'
             "  python scripts/load_training_data.py events.csv --model intents --region us \\\n"
             "      --time-column created_at --database-url postgresql+psycopg2://user@db/dc"
         ),
@@ -47,7 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("csv", nargs="+", type=Path, help="CSV file(s) to load")
     parser.add_argument("--model", required=True, help="model the rows train (e.g. banking77)")
-    parser.add_argument("--region", required=True, help="region the rows belong to (e.g. eu)")
+    parser.add_argument(
+        "--region",
+        default=DEFAULT_REGION,
+        help=f"region the rows belong to (default: {DEFAULT_REGION}, the region of a config "
+        "without [model] region)",
+    )
     parser.add_argument(
         "--split",
         choices=SPLITS,

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dc.model_config import load_config, load_configs
     from dc.nlp.embeddings import create_embedder
-    from dc.pipeline import train_model
+    from dc.pipeline import require_training_rows, train_model
     from persistence.db import make_engine, session_factory, upgrade
     from persistence.registry import promoted_version
 
@@ -95,9 +95,24 @@ def main(argv: list[str] | None = None) -> int:
             log.info("every requested model already has a promoted version: nothing to train")
             return 0
 
-    embedder = create_embedder(settings)
+    # Every config's rows are checked before the encoder loads: a wrong region fails in a
+    # second, saying where the rows are.
     failures = 0
+    ready = []
     for config in configs:
+        try:
+            require_training_rows(config, engine, retries=settings.db_retries)
+        except DCError as exc:
+            failures += 1
+            log.error("%s: %s", config.model.name, exc.message)
+            continue
+        ready.append(config)
+    if not ready:
+        return 1
+
+    embedder = create_embedder(settings)
+    results = []
+    for config in ready:
         started = time.perf_counter()
         try:
             result = train_model(
@@ -113,15 +128,38 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             log.error("%s: %s", config.model.name, exc.message)
             continue
+        seconds = time.perf_counter() - started
         log.info(
             "%s: version %s in %.0f s -> %s",
             config.model.name,
             result.version,
-            time.perf_counter() - started,
+            seconds,
             result.artifact_uri,
         )
+        results.append((result, seconds))
     embedder.close()
+    if results:
+        print(summary_table(results, failures))
     return 1 if failures else 0
+
+
+def summary_table(results: list, failures: int) -> str:
+    """The run's models side by side: test accuracy, weighted and macro F1, time, promotion."""
+    lines = [
+        "",
+        f"{'model':24} {'version':18} {'accuracy':>8} {'weighted F1':>11} {'macro F1':>8} "
+        f"{'seconds':>7}  promoted",
+    ]
+    for result, seconds in results:
+        test = result.metrics
+        lines.append(
+            f"{result.region + '/' + result.name:24} {result.version:18} "
+            f"{100 * test['accuracy']:8.2f} {100 * test['weighted_f1']:11.2f} "
+            f"{100 * test['macro_f1']:8.2f} {seconds:7.0f}  {'yes' if result.promoted else 'no'}"
+        )
+    if failures:
+        lines.append(f"{failures} model(s) failed: see the errors above")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pandas as pd
-from sqlalchemy import Engine, Select, select
+from sqlalchemy import Engine, Select, func, select
 
 from dc.utilities.decorators import db_retry
 from persistence.models import TrainingExample, to_utc, utcnow
@@ -76,3 +76,23 @@ def fetch_training_rows(
     frame = pd.DataFrame(fetch(), columns=list(TRAINING_COLUMNS))
     frame["example_time"] = pd.to_datetime(frame["example_time"], utc=True)
     return frame
+
+
+def regions_with_rows(
+    engine: Engine, model: str, since: datetime, *, retries: int = 3
+) -> dict[str, tuple[int, int]]:
+    """Where `model`'s training rows are: per region, (rows since `since`, rows in all)."""
+    recent = func.count().filter(_examples.c.example_time >= to_utc(since))
+    query = (
+        select(_examples.c.region, recent, func.count())
+        .where(_examples.c.model == model)
+        .group_by(_examples.c.region)
+        .order_by(_examples.c.region)
+    )
+
+    @db_retry(retries=retries)
+    def fetch() -> list:
+        with engine.connect() as connection:
+            return connection.execute(query).all()
+
+    return {region: (int(window), int(total)) for region, window, total in fetch()}

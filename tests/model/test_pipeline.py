@@ -7,6 +7,7 @@ The data is small (6 BANKING77 intents) so that a run takes seconds.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from dc.backup import restore_version
 from dc.data import load_csv
 from dc.errors import InvalidInput, PromotionRefused
 from dc.model_config import load_config
-from dc.pipeline import train_model
+from dc.pipeline import require_training_rows, train_model
 from persistence.db import session_factory
 from persistence.registry import list_versions, promoted_version
 from tests.conftest import REPO
@@ -131,3 +132,29 @@ def test_train_cli_explains_itself():
     assert result.returncode == 0
     for option in ("--config", "--all", "--promote", "--force", "--if-missing", "examples:"):
         assert option in result.stdout
+
+
+def test_rows_in_another_region_are_named_before_the_encoder_loads(tiny_rows, tmp_path):
+    """The new user's trap: rows loaded in one region, a config of another. scripts/train.py
+    says where the rows are, and says it before it loads any encoder."""
+    config = write_config(tmp_path / "elsewhere.toml", "elsewhere")
+    config.write_text(config.read_text().replace('region = "test"', 'region = "global"'))
+    with pytest.raises(InvalidInput) as raised:
+        require_training_rows(load_config(config), tiny_rows)
+    message = raised.value.message
+    assert "in region 'global'" in message and "'test' (" in message
+    assert "--region global" in message
+
+    url = tiny_rows.url.render_as_string(hide_password=False)
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", "--config", str(config), "--database-url", url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DC_LOG_LEVEL": "INFO", "DC_S3_BUCKET": ""},
+        timeout=120,
+    )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "region 'test' (" in output
+    assert "loaded embedder" not in output and "tensorflow" not in output.lower()
