@@ -158,6 +158,9 @@ def _in_test(data: pd.DataFrame) -> pd.Series:
     return data["split"] == TEST
 
 
+RARE_NAMED = 5  # classes the "too few examples" error names (the ones with the fewest)
+
+
 def check_class_counts(
     data: pd.DataFrame, min_examples: int, drop_rare: bool = False
 ) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -170,8 +173,8 @@ def check_class_counts(
         their counts (empty unless `drop_rare`).
 
     Raises:
-        InvalidInput: some class has fewer rows and `drop_rare` is false; the message names
-            every such class with its count.
+        InvalidInput: some class has fewer rows and `drop_rare` is false; the message is one
+            line: how many classes, and the `RARE_NAMED` with the fewest rows, with their counts.
     """
     learnable = data.loc[data["split"] != TEST, "label"].value_counts()
     counts = {label: int(learnable.get(label, 0)) for label in sorted(data["label"].unique())}
@@ -179,10 +182,13 @@ def check_class_counts(
     if not rare:
         return data, {}
     if not drop_rare:
-        listed = ", ".join(f"{label!r} ({n})" for label, n in rare.items())
+        fewest = sorted(rare.items(), key=lambda item: (item[1], item[0]))
+        listed = ", ".join(f"{label!r} ({n})" for label, n in fewest[:RARE_NAMED])
+        more = f" and {len(rare) - RARE_NAMED} more" if len(rare) > RARE_NAMED else ""
         raise InvalidInput(
-            f"{len(rare)} class(es) have fewer than {min_examples} training examples: {listed}. "
-            "Add examples, lower [data] min_examples_per_class, or set drop_rare_classes = true."
+            f"{len(rare)} of {len(counts)} classes have fewer than {min_examples} training "
+            f"examples, e.g. {listed}{more}. Add examples, lower [data] "
+            "min_examples_per_class, or set drop_rare_classes = true."
         )
     return data[~data["label"].isin(rare)].reset_index(drop=True), rare
 

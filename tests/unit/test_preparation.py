@@ -143,6 +143,16 @@ def test_drop_rare_classes_drops_and_reports_them():
     assert "thin" not in set(all_rows(prepared)["label"])  # from the test split too
 
 
+def test_too_few_examples_is_one_short_line_naming_the_fewest():
+    data = make_raw({f"class{i:02}": 3 + i % 4 for i in range(40)} | {"big": 30})
+    with pytest.raises(InvalidInput) as raised:
+        check_class_counts(data, 20)
+    message = raised.value.message
+    assert "\n" not in message and len(message) < 400
+    assert message.startswith("40 of 41 classes have fewer than 20 training examples")
+    assert "'class00' (3)" in message and "and 35 more" in message and "big" not in message
+
+
 def test_check_class_counts_passes_through_when_all_are_enough():
     data = make_raw({"a": 5, "b": 6})
     kept, dropped = check_class_counts(data, 5)
