@@ -22,6 +22,7 @@ start with a dot are staging folders, never versions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -35,6 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sklearn.preprocessing import LabelEncoder
 
 from dc.config import REPO_ROOT, Settings
@@ -167,12 +169,28 @@ def _excluded(relative: Path) -> bool:
     )
 
 
+def weights_sha256(model) -> str:
+    """A hash of a Keras model's weights: each array's position, dtype, shape and bytes.
+
+    `model.keras` is a zip whose entries carry their write time, so two identical trainings
+    give files with different hashes; this one is equal exactly when the weights are.
+    """
+    digest = hashlib.sha256()
+    for index, weight in enumerate(model.get_weights()):
+        array = np.ascontiguousarray(weight)
+        digest.update(f"{index}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def code_revision(root: Path = REPO_ROOT) -> dict[str, Any]:
     """The git commit of `root` and whether the working tree differs from it.
 
     Returns:
         `{"commit": <sha>, "dirty": bool}`, or `{"commit": "unknown", "dirty": None}` when git
         or the repository is not available (an installed package, a container without .git).
+        `dirty` is true while anything in the checkout differs from the commit, an uncommitted
+        or new config included: the version's own code.zip and config then say what ran.
     """
 
     def git(*args: str) -> str:

@@ -418,6 +418,8 @@ def train_version(
                 "best_epoch": fitted.best_epoch,
                 "best_val_loss": float(fitted.history["val_loss"].min()),
                 "parameters": int(fitted.model.count_params()),
+                # Equal for equal weights; model.keras's bytes are not (zip entry times).
+                "weights_sha256": artifacts.weights_sha256(fitted.model),
             },
             "config": config.as_dict(),
             "code": artifacts.code_revision(),

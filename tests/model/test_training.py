@@ -60,6 +60,21 @@ def trained(tmp_path_factory, encoder):
         embedder.close()
 
 
+def test_the_same_config_and_seed_give_the_same_weights_and_metrics(trained, tmp_path):
+    """Reproducibility a user can check: the manifest's weights hash and metrics, not the
+    bytes of model.keras (a zip with entry times)."""
+    from dc.train import train_version
+
+    result, config, settings, raw, embedder = trained
+    again_settings = settings.model_copy(update={"artifacts_dir": str(tmp_path)})
+    again = train_version(config, again_settings, embedder, raw, VERSION, progress=False)
+    first, second = result.manifest, again.manifest
+    assert len(first["training"]["weights_sha256"]) == 64
+    assert first["training"]["weights_sha256"] == second["training"]["weights_sha256"]
+    assert first["metrics"] == second["metrics"]
+    assert set(first["code"]) == {"commit", "dirty"}
+
+
 def test_the_complete_artifact_tree_is_written(trained):
     result, _, settings, _, _ = trained
     version_dir = result.version_dir
