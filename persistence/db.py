@@ -6,12 +6,15 @@ Callers pass the URL explicitly: services and scripts take it from
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -88,7 +91,38 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Run `alembic upgrade <revision>` on `url`; a database already there is left unchanged."""
-    from alembic import command
+    """Run `alembic upgrade <revision>` on `url`; a database already there is left unchanged.
 
-    command.upgrade(alembic_config(url), revision)
+    Alembic's own INFO lines (its dialect, each step) are held back; one line says what
+    changed, and nothing is said when nothing did.
+    """
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(max(level, logging.WARNING))  # before the import: it logs its plugins
+    try:
+        from alembic import command
+
+        before = current_revision(url)
+        command.upgrade(alembic_config(url), revision)
+        after = current_revision(url)
+    finally:
+        alembic_log.setLevel(level)
+    if after != before:
+        log.info(
+            "database schema upgraded from %s to %s (%s)",
+            before or "empty",
+            after,
+            make_url(url).render_as_string(hide_password=True),
+        )
+
+
+def current_revision(url: str) -> str | None:
+    """The Alembic revision `url`'s schema is at, or None for a database without one."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
