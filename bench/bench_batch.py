@@ -82,7 +82,8 @@ def in_process(settings: Settings, texts: list[str], folder: str) -> dict:
     from dc.postprocessing import postprocess
     from dc.predict import load_head
 
-    encoder = load_encoder(settings.embedder_handle)
+    # The service's backend, as the Spark workers use it, on every core of this one process.
+    encoder = load_encoder(settings.embedder_handle, settings.encoder_backend)
     head = load_head(folder)
     encoder.warmup()
     started = time.perf_counter()

@@ -55,10 +55,11 @@ def measure(
     from bench.bench_embedder import MAX_WORDS  # the embedder benchmark's phrases
     from bench.harness.inputs import load_phrases
     from dc.config import Settings
-    from dc.nlp.encoder import configure_tensorflow, load_encoder
+    from dc.nlp.encoder import load_encoder
 
-    configure_tensorflow(intra, inter)
-    encoder = load_encoder(Settings().embedder_handle)
+    encoder = load_encoder(
+        Settings().embedder_handle, "tf", intra_op_threads=intra, inter_op_threads=inter
+    )
     encoder.warmup()
     phrases = load_phrases(MAX_WORDS)
     rates = {}

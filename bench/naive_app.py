@@ -1,7 +1,7 @@
 """The naive baseline of bench/bench_design.py: what the design starts from, nothing more.
 
 `POST /predict/<model>` with `{"text": "..."}`, per request and in process:
-  1. encode the text with the encoder (`dc.nlp.encoder.load_encoder(settings.embedder_handle)`,
+  1. encode the text with the TF SavedModel (`dc.nlp.encoder.load_encoder(handle, "tf")`,
      loaded in each worker after fork): one `encoder.encode([text])` per request, no phrase
      cache, no micro-batching;
   2. score the head with Keras: `keras.saving.load_model(<version>/models/<arch>/model.keras)`,
@@ -84,7 +84,8 @@ def create_app() -> Flask:
             from dc.artifacts import ENCODERS_FILE, load_label_encoder
             from dc.nlp.encoder import load_encoder
 
-            state["encoder"] = load_encoder(settings.embedder_handle)
+            # The design's starting point: the TF SavedModel, as the product began.
+            state["encoder"] = load_encoder(settings.embedder_handle, "tf")
             for name in names:
                 version, architecture, folder = _model_folder(settings, engine, name)
                 model = keras.saving.load_model(folder / "model.keras", compile=False)
