@@ -92,13 +92,13 @@ INT8_SPEED_UP = 2  # the issue's "about twice that in int8"
 # --- 1. raw ----------------------------------------------------------------------------------
 
 
-def arithmetic(pool: list[str], encoder) -> dict:
+def arithmetic(pool: list[str], handle: str) -> dict:
     """The FLOP ceiling of the machine for these phrases (fp32 and int8), with its inputs."""
     from tokenizers import Tokenizer
 
     from dc.nlp.onnx_export import ONNX_DIR, TOKENIZER_FILE
 
-    tokenizer = Tokenizer.from_file(str(Path(encoder.handle) / ONNX_DIR / TOKENIZER_FILE))
+    tokenizer = Tokenizer.from_file(str(Path(handle) / ONNX_DIR / TOKENIZER_FILE))
     tokenizer.no_padding()  # tokenizer.json pads to 128 as shipped
     tokens = statistics.mean(len(e.ids) for e in tokenizer.encode_batch(pool[:2000]))
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
@@ -472,7 +472,7 @@ def main() -> int:
         "machine": machine_info(),
         "seconds": args.seconds,
         "backends": list(BACKENDS),
-        "arithmetic": arithmetic(pool, load_encoder(handle, "onnx")),
+        "arithmetic": arithmetic(pool, handle),
         "raw": {},
         "length_batching": {},
         "service": {},

@@ -10,12 +10,10 @@ counting hooks are the web kit's (`web/`), shared with the prediction API.
 
 from __future__ import annotations
 
-import io
 import re
 import time
 from collections.abc import Callable
 
-import numpy as np
 from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -31,7 +29,7 @@ from dc.nlp.embeddings import (
     vectors_to_bytes,
 )
 from dc.nlp.validation import max_body_bytes, validate_texts
-from dc.nlp.warm_start import Snapshot, encode_snapshot
+from dc.nlp.warm_start import cache_snapshot, snapshot_bytes
 from dc.serve.loader import BackgroundLoader
 from dc.utilities.logging import configure_logging
 from embedder.metrics import EmbedderMetrics
@@ -155,15 +153,10 @@ def create_app(settings: Settings | None = None, engine: LocalEmbedder | None = 
         cache's size), as a warm-start snapshot (the .npz of dc.nlp.warm_start): what an API
         worker in remote mode fills its own phrase cache with at start."""
         engine = holder.require()
-        limit = query_limit(request.args, engine.cache.maxsize)
-        texts, vectors = engine.cache.entries(engine.fingerprint, limit)
-        if not texts:
-            vectors = np.zeros((0, engine.dimension), dtype=np.float32)
-        body = io.BytesIO()
-        encode_snapshot(Snapshot(engine.fingerprint, engine.dimension, texts, vectors), body)
-        response = Response(body.getvalue(), mimetype=BINARY_MEDIA_TYPE)
-        response.headers[HEADER_FINGERPRINT] = engine.fingerprint
-        response.headers[HEADER_COUNT] = str(len(texts))
+        snapshot = cache_snapshot(engine, query_limit(request.args, engine.cache.maxsize))
+        response = Response(snapshot_bytes(snapshot), mimetype=BINARY_MEDIA_TYPE)
+        response.headers[HEADER_FINGERPRINT] = snapshot.fingerprint
+        response.headers[HEADER_COUNT] = str(len(snapshot))
         return response
 
     @app.get("/metrics")

@@ -88,6 +88,19 @@ def encode_snapshot(snapshot: Snapshot, file: BinaryIO) -> None:
     )
 
 
+def snapshot_bytes(snapshot: Snapshot) -> bytes:
+    """`snapshot` as the bytes of its .npz (an S3 object, the embedder's GET /snapshot)."""
+    buffer = io.BytesIO()
+    encode_snapshot(snapshot, buffer)
+    return buffer.getvalue()
+
+
+def cache_snapshot(engine: LocalEmbedder, limit: int) -> Snapshot:
+    """The engine's cache entries of its own encoder, at most `limit`, most recent first."""
+    texts, vectors = engine.cache.entries(engine.fingerprint, limit)
+    return Snapshot(engine.fingerprint, engine.dimension, texts, vectors)
+
+
 def decode_snapshot(file: BinaryIO) -> Snapshot:
     """Read a snapshot written by `encode_snapshot`; SnapshotError if it is not one."""
     try:
@@ -142,9 +155,7 @@ def write_snapshot(location: str, snapshot: Snapshot, settings: Settings) -> Non
     failure (the previous snapshot is then left as it was)."""
     s3 = _s3_location(location)
     if s3 is not None:
-        buffer = io.BytesIO()
-        encode_snapshot(snapshot, buffer)
-        _s3_put(settings, *s3, buffer.getvalue())
+        _s3_put(settings, *s3, snapshot_bytes(snapshot))
         return
     target = Path(location)
     try:
@@ -470,24 +481,20 @@ class WarmStart:
 
     def save(self) -> int:
         """Write the cache's entries of this encoder to the snapshot now; returns how many."""
-        engine = self._engine
         started = time.perf_counter()
-        texts, vectors = engine.cache.entries(
-            engine.fingerprint, self._settings.cache_snapshot_max_entries
-        )
-        if not texts:  # the previous snapshot, if any, is worth more than an empty one
+        snapshot = cache_snapshot(self._engine, self._settings.cache_snapshot_max_entries)
+        if not len(snapshot):  # the previous snapshot, if any, is worth more than an empty one
             log.info("not writing a snapshot: the cache holds no phrase of this encoder")
             return 0
-        snapshot = Snapshot(engine.fingerprint, engine.dimension, texts, vectors)
         write_snapshot(self.location, snapshot, self._settings)
-        self.snapshot["saved_entries"] = len(texts)
+        self.snapshot["saved_entries"] = len(snapshot)
         log.info(
             "wrote %s cached phrases to %s in %.1f s",
-            f"{len(texts):,}",
+            f"{len(snapshot):,}",
             self.location,
             time.perf_counter() - started,
         )
-        return len(texts)
+        return len(snapshot)
 
     def info(self) -> dict[str, Any]:
         """The snapshot's and the pre-warm's states and counts (no paths, no errors)."""
