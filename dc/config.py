@@ -39,7 +39,8 @@ class _EmbeddingSettings(BaseSettings):
         "`onnx`, ONNX Runtime on the fp32 ONNX export of the same weights (the same vectors "
         "and fingerprint; a single phrase in about 40% of TensorFlow's time, no TensorFlow "
         "in the process: bench/results/backends.md); `onnx-int8`, its int8 quantisation "
-        "(about twice the throughput, 0.1-0.3 points of accuracy, a fingerprint of its own: "
+        "(about twice the encoder's throughput, 1.5x the service's at 16 clients, 0.1-0.3 "
+        "points of accuracy, a fingerprint of its own: "
         "heads must be trained on it). The ONNX files are `<DC_EMBEDDER_HANDLE>/onnx/`.",
     )
     onnx_intra_op_threads: int = Field(
