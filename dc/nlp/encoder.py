@@ -9,12 +9,17 @@ understands (a hub URL, where a network exists). The backends (``dc.nlp.backends
   1e-5, so the same fingerprint: heads trained on one backend serve on the other);
 - ``onnx-int8``: the int8 (dynamically quantised) ONNX export, with its own fingerprint.
 
+A **composite** (``extra``, ``DC_ENCODER_EXTRA``) concatenates further frozen encoders after the
+main one (`COMPONENTS`: ``use-m3``, Google's multilingual USE v3 in NumPy): one vector, one
+fingerprint derived from its parts', served, cached and batched like any single encoder.
+
 A runtime is imported only when a model is loaded, so importing this module is cheap (load
 models after gunicorn forks, never before).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -26,11 +31,14 @@ import numpy as np
 
 if TYPE_CHECKING:
     from dc.config import Settings
+    from dc.nlp.backends.usem3 import Component
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "embedder.json"
 BACKENDS = ("tf", "onnx", "onnx-int8")
+# Encoders a composite may add after the main one (DC_ENCODER_EXTRA), by name.
+COMPONENTS = ("use-m3",)
 _WARMUP_BATCH = 32
 
 
@@ -82,6 +90,7 @@ def load_encoder(
     intra_op_threads: int = 0,
     inter_op_threads: int = 0,
     length_batch: int = 0,
+    extra: Sequence[str] = (),
 ) -> Encoder:
     """Load the embedder at ``handle`` on ``backend`` (one of `BACKENDS`).
 
@@ -94,11 +103,15 @@ def load_encoder(
     The thread counts set the backend's pools (0: the runtime's default; on ``tf`` they apply
     to the whole process, before its first op). ``length_batch`` is the ONNX backends'
     length-aware batching (``dc.nlp.backends.onnx``); the TF graph tokenises inside, so it
-    always runs a call as one batch.
+    always runs a call as one batch. ``extra`` names `COMPONENTS` to concatenate after it
+    (`compose`).
     Raises FileNotFoundError when a local folder does not exist.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown encoder backend {backend!r}; choose one of {BACKENDS}")
+    unknown = [name for name in extra if name not in COMPONENTS]
+    if unknown:
+        raise ValueError(f"unknown encoder component(s) {unknown}; choose from {COMPONENTS}")
     if backend == "tf":
         encoder = _load_tf(handle, intra_op_threads, inter_op_threads)
     else:
@@ -114,6 +127,8 @@ def load_encoder(
         encoder = Encoder(
             model.name, model.fingerprint, model.dimension, handle, backend, model.embed
         )
+    if extra:
+        encoder = compose(encoder, [_load_component(name) for name in extra])
     log.info(
         "loaded embedder %s (%s, %d dims) from %s on the %s backend",
         encoder.name,
@@ -123,6 +138,41 @@ def load_encoder(
         backend,
     )
     return encoder
+
+
+def compose(main: Encoder, components: Sequence[Component]) -> Encoder:
+    """``main`` with each component's vector concatenated after its own, in order.
+
+    Each part keeps its own scale (every encoder here gives unit vectors), so a head sees each
+    encoder's evidence at the same weight. The fingerprint hashes the parts' fingerprints in
+    order: a head trained on the composite serves on nothing else, and the phrase cache never
+    mixes its vectors with a part's.
+    """
+    parts = [main.fingerprint, *(component.fingerprint for component in components)]
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    embeds = [main._embed, *(component.embed for component in components)]
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return np.concatenate(
+            [np.asarray(part(texts), dtype=np.float32) for part in embeds], axis=1
+        )
+
+    return Encoder(
+        name="+".join([main.name, *(component.name for component in components)]),
+        fingerprint=f"composite-{digest}",
+        dimension=main.dimension + sum(component.dimension for component in components),
+        handle=main.handle,
+        backend=main.backend,
+        _embed=embed,
+    )
+
+
+def _load_component(name: str) -> Component:
+    from dc.nlp.backends.usem3 import load_usem3
+
+    if name == "use-m3":
+        return load_usem3()
+    raise ValueError(f"unknown encoder component {name!r}")  # load_encoder checked the name
 
 
 def encoder_from_settings(settings: Settings) -> Encoder:
@@ -138,6 +188,7 @@ def encoder_from_settings(settings: Settings) -> Encoder:
         intra_op_threads=threads[0],
         inter_op_threads=threads[1],
         length_batch=settings.encoder_length_batch,
+        extra=settings.encoder_components,
     )
 
 

@@ -190,9 +190,59 @@ def test_several_hidden_layers_and_no_bias_match_keras(tmp_path):
     from dc.predict import Head
 
     head = Head("deep", "r", "v", "mlp", tuple("abcde"), "fp", 16, {}, ServingConfig(), tmp_path,
-                layers)  # fmt: skip
+                (layers,))  # fmt: skip
     x = np.random.default_rng(1).normal(size=(20, 16)).astype(np.float32)
     assert np.abs(head.predict_proba(x) - np.asarray(model(x, training=False))).max() < 1e-5
+
+
+def test_a_calibrated_seed_ensemble_is_scored_as_keras_scores_it(tmp_path):
+    """build_ensemble's graph (members averaged in probability, 1/T folded into each output
+    layer) read back member by member, and the same probabilities as Keras and as
+    dc.calibration's arithmetic on the members' own outputs."""
+    import keras
+
+    from dc.calibration import scale_probabilities
+    from dc.keras_head import build_ensemble, build_head
+    from dc.model_config import HeadConfig
+    from dc.predict import Head, read_keras_members
+
+    config = HeadConfig(hidden_layers=1, units=12, dropout=0.2)
+    members = [build_head(config, 16, 5, seed) for seed in (1, 2, 3)]
+    x = np.random.default_rng(2).normal(size=(30, 16)).astype(np.float32)
+    ensemble = build_ensemble(members, temperature=0.7)
+    ensemble.save(tmp_path / "ensemble.keras")
+    read = read_keras_members(tmp_path / "ensemble.keras")
+    assert [[layer.name for layer in member] for member in read] == [
+        [f"m{k}_hidden_1", f"m{k}_probabilities"] for k in (1, 2, 3)
+    ]
+    with pytest.raises(UnsupportedHead, match="an ensemble of 3 members"):
+        read_keras_layers(tmp_path / "ensemble.keras")
+
+    head = Head("e", "r", "v", "mlp", tuple("abcde"), "fp", 16, {}, ServingConfig(), tmp_path,
+                read)  # fmt: skip
+    ours = head.predict_proba(x)
+    reloaded = keras.saving.load_model(tmp_path / "ensemble.keras")
+    assert np.abs(ours - np.asarray(reloaded(x, training=False))).max() < 1e-5
+    by_hand = scale_probabilities([np.asarray(m(x, training=False)) for m in members], 0.7)
+    assert np.abs(ours - by_hand).max() < 1e-5
+    np.testing.assert_allclose(ours.sum(axis=1), 1.0, atol=1e-5)
+    # Temperature changes the probabilities, never a member's ranking.
+    plain = build_ensemble(members[:1])
+    sharp = build_ensemble(members[:1], temperature=0.5)
+    assert (np.asarray(plain(x)).argmax(1) == np.asarray(sharp(x)).argmax(1)).all()
+    assert np.asarray(sharp(x)).max(1).mean() > np.asarray(plain(x)).max(1).mean()
+
+
+def test_graphs_other_than_chains_and_their_average_are_refused(tmp_path):
+    import keras
+
+    inputs = keras.Input(shape=(8,), name="embedding")
+    trunk = keras.layers.Dense(6, activation="relu", name="trunk")(inputs)
+    a = keras.layers.Dense(3, activation="softmax", name="a")(trunk)
+    b = keras.layers.Dense(3, activation="softmax", name="b")(trunk)
+    keras.Model(inputs, keras.layers.Average(name="average")([a, b])).save(tmp_path / "t.keras")
+    with pytest.raises(UnsupportedHead, match="not on a member's chain|not part of a plain"):
+        read_keras_layers(tmp_path / "t.keras")
 
 
 # --- ServingConfig: the [serving] section ---------------------------------------------------

@@ -137,6 +137,11 @@ def test_the_manifest_records_what_made_the_version(trained):
     assert {"tensorflow", "keras", "python"} <= set(manifest["versions"])
     assert set(manifest["seconds"]) == {"prepare", "embed", "train", "evaluate", "save", "total"}
     assert 1 <= manifest["training"]["epochs_run"] <= 2
+    members = manifest["training"]["members"]
+    assert [member["seed"] for member in members] == [3, 4, 5, 6, 7]
+    assert all(member["refit_epochs"] == member["best_epoch"] for member in members)
+    assert 0.05 <= manifest["training"]["temperature"] <= 20
+    assert manifest["tuning"] is None and "rule" not in manifest["metrics"]
 
 
 def test_the_raw_and_processed_data_are_kept(trained):
@@ -163,8 +168,13 @@ def test_the_reports_hold_per_class_scores_and_histories(trained):
         assert len(table) == CLASSES
     assert pd.read_csv(reports / "test_report.csv")["support"].sum() == 16
     history = pd.read_csv(reports / "keras_train_history.csv")
-    assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.columns)
-    assert history["epoch"].tolist() == list(range(1, len(history) + 1))
+    assert {"member", "epoch", "loss", "accuracy", "val_loss", "val_accuracy"} <= set(
+        history.columns
+    )
+    # The template's defaults: five members, each with its own early-stopping history.
+    assert sorted(history["member"].unique()) == [1, 2, 3, 4, 5]
+    for _, member in history.groupby("member"):
+        assert member["epoch"].tolist() == list(range(1, len(member) + 1))
     test_history = pd.read_csv(reports / "keras_test_history.csv")
     assert list(test_history.columns) == ["loss", "accuracy"] and len(test_history) == 1
     assert test_history["accuracy"][0] == pytest.approx(result.metrics["accuracy"], abs=1e-6)
