@@ -72,9 +72,9 @@ image-test: setup ## (slow, needs buildah and mmdebstrap) build the three images
 # What `make bench` runs, in order (bench/<name>.py). A missed target (exit status 1) does not
 # stop the others: each writes its results, and the target fails at the end.
 BENCHMARKS := bench_embedder bench_tf_threads bench_backends bench_heads bench_api bench_design sweep_sizing \
-	bench_overload bench_log_size bench_reports bench_batch
+	bench_overload bench_log_size bench_reports bench_batch bench_accuracy
 
-bench: setup demo ## Encoder, embedder, backends (TF, ONNX fp32, int8), heads, API, design a-f, sizing, overload, log size, reports on 1M rows, Spark batch scoring (~45 min); writes bench/results/
+bench: setup demo ## Encoder, embedder, backends (TF, ONNX fp32, int8), heads, API, design a-f, sizing, overload, log size, reports on 1M rows, Spark batch scoring, accuracy against the published anchors (~90 min); writes bench/results/
 	@failed=""; for name in $(BENCHMARKS); do \
 		echo "== bench/$$name.py"; $(PY) bench/$$name.py; status=$$?; \
 		[ $$status -ne 130 ] || exit 130; [ $$status -eq 0 ] || failed="$$failed $$name"; \

@@ -83,6 +83,7 @@ SMOKE_LANES = (
         ("bench_design", ["bench/bench_design.py", "--smoke"]),
         ("bench_log_size", ["bench/bench_log_size.py", "--smoke"]),
         ("bench_batch", ["bench/bench_batch.py", "--smoke"]),
+        ("bench_accuracy", ["bench/bench_accuracy.py", "--smoke"]),
     ),
     (
         ("bench_embedder", ["bench/bench_embedder.py", "--smoke"]),
@@ -101,7 +102,7 @@ EXPECTED_RESULTS = (
     "backends.md", "heads.json", "heads.md",
     "api.json", "api.md", "design.json", "design.md", "design.png", "sizing.json", "sizing.md",
     "sizing.png", "overload.json", "overload.md", "log_size.json", "log_size.md", "reports.json",
-    "reports.md", "batch.json", "batch.md",
+    "reports.md", "batch.json", "batch.md", "accuracy.json", "accuracy.md",
 )  # fmt: skip
 
 

@@ -21,6 +21,12 @@ from dc.nlp.export import (  # noqa: E402
     export_minilm,
     find_minilm_source,
 )
+from dc.nlp.mpnet_export import (  # noqa: E402
+    export_dir,
+    export_mpnet,
+    mpnet_current,
+    packages_installed,
+)
 from dc.nlp.onnx_export import ONNX_DIR, export_onnx, onnx_current  # noqa: E402
 
 log = logging.getLogger("export_embedder")
@@ -106,16 +112,31 @@ def main() -> int:
     onnx = out / ONNX_DIR
     if not args.force and onnx_current(onnx, fingerprint):
         log.info("skipped: %s already holds the ONNX export of %s", onnx, fingerprint)
-        return 0
-    started = time.perf_counter()
-    metadata = export_onnx(source, onnx)
-    log.info(
-        "exported ONNX fp32 %s and int8 %s to %s in %.1f s",
-        metadata["variants"]["fp32"]["fingerprint"],
-        metadata["variants"]["int8"]["fingerprint"],
-        onnx,
-        time.perf_counter() - started,
-    )
+    else:
+        started = time.perf_counter()
+        metadata = export_onnx(source, onnx)
+        log.info(
+            "exported ONNX fp32 %s and int8 %s to %s in %.1f s",
+            metadata["variants"]["fp32"]["fingerprint"],
+            metadata["variants"]["int8"]["fingerprint"],
+            onnx,
+            time.perf_counter() - started,
+        )
+    # The composite's all-mpnet-base-v2 (DC_ENCODER_EXTRA=mpnet), beside the main export.
+    mpnet = export_dir(out)
+    if not args.force and mpnet_current(mpnet):
+        log.info("skipped: %s already holds the all-mpnet-base-v2 export", mpnet)
+    elif not packages_installed():
+        log.warning("all-mpnet-base-v2 not exported: its weights packages are not installed")
+    else:
+        started = time.perf_counter()
+        metadata = export_mpnet(mpnet)
+        log.info(
+            "exported all-mpnet-base-v2 %s to %s in %.1f s",
+            metadata["variants"]["fp32"]["fingerprint"],
+            mpnet / ONNX_DIR,
+            time.perf_counter() - started,
+        )
     return 0
 
 

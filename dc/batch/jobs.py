@@ -143,6 +143,7 @@ def worker_config(settings: Settings, heads: tuple[HeadRef, ...] = ()) -> Worker
     return WorkerConfig(
         handle=settings.embedder_handle,
         backend=settings.encoder_backend,
+        extra=settings.encoder_components,
         encoder_threads=settings.batch_encoder_threads,
         encoder_batch=settings.batch_encoder_batch,
         length_batch=settings.encoder_length_batch,

@@ -51,12 +51,13 @@ class WorkerConfig:
     max_chars: int
     top_k: int
     heads: tuple[HeadRef, ...] = ()
+    extra: tuple[str, ...] = ()  # DC_ENCODER_EXTRA: the composite's further encoders
 
 
 def encoder(config: WorkerConfig):
     """This worker's encoder, loaded on first use, on the service's backend (DC_ENCODER_BACKEND)
     with `encoder_threads` threads inside a call."""
-    key = (config.handle, config.backend, config.encoder_threads)
+    key = (config.handle, config.backend, config.encoder_threads, config.extra)
     if key not in _ENCODERS:
         from dc.nlp.encoder import load_encoder
 
@@ -66,6 +67,7 @@ def encoder(config: WorkerConfig):
             intra_op_threads=config.encoder_threads,
             inter_op_threads=1,
             length_batch=config.length_batch,
+            extra=config.extra,
         )
     return _ENCODERS[key]
 

@@ -10,7 +10,8 @@ understands (a hub URL, where a network exists). The backends (``dc.nlp.backends
 - ``onnx-int8``: the int8 (dynamically quantised) ONNX export, with its own fingerprint.
 
 A **composite** (``extra``, ``DC_ENCODER_EXTRA``) concatenates further frozen encoders after the
-main one (`COMPONENTS`: ``use-m3``, Google's multilingual USE v3 in NumPy): one vector, one
+main one (`COMPONENTS`: ``use-m3``, Google's multilingual USE v3 in NumPy; ``mpnet``,
+all-mpnet-base-v2 on ONNX Runtime): one vector, one
 fingerprint derived from its parts', served, cached and batched like any single encoder.
 
 A runtime is imported only when a model is loaded, so importing this module is cheap (load
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 METADATA_FILE = "embedder.json"
 BACKENDS = ("tf", "onnx", "onnx-int8")
 # Encoders a composite may add after the main one (DC_ENCODER_EXTRA), by name.
-COMPONENTS = ("use-m3",)
+COMPONENTS = ("use-m3", "mpnet")
 _WARMUP_BATCH = 32
 
 
@@ -128,7 +129,8 @@ def load_encoder(
             model.name, model.fingerprint, model.dimension, handle, backend, model.embed
         )
     if extra:
-        encoder = compose(encoder, [_load_component(name) for name in extra])
+        threads = intra_op_threads, inter_op_threads, length_batch
+        encoder = compose(encoder, [_load_component(name, handle, *threads) for name in extra])
     log.info(
         "loaded embedder %s (%s, %d dims) from %s on the %s backend",
         encoder.name,
@@ -167,11 +169,27 @@ def compose(main: Encoder, components: Sequence[Component]) -> Encoder:
     )
 
 
-def _load_component(name: str) -> Component:
-    from dc.nlp.backends.usem3 import load_usem3
+def _load_component(
+    name: str, handle: str, intra_op_threads: int, inter_op_threads: int, length_batch: int
+) -> Component:
+    """One part of a composite: `use-m3` from its package; `mpnet`, all-mpnet-base-v2's ONNX
+    export beside the main export folder (`dc.nlp.mpnet_export`), on the main's threads."""
+    from dc.nlp.backends.usem3 import Component, load_usem3
 
     if name == "use-m3":
         return load_usem3()
+    if name == "mpnet":
+        from dc.nlp.backends.onnx import load_onnx
+        from dc.nlp.mpnet_export import export_dir
+
+        model = load_onnx(
+            str(export_dir(handle)),
+            "fp32",
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=max(1, inter_op_threads),
+            length_batch=length_batch,
+        )
+        return Component(model.embed, "mpnet", model.fingerprint, model.dimension)
     raise ValueError(f"unknown encoder component {name!r}")  # load_encoder checked the name
 
 
