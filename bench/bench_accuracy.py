@@ -4,7 +4,8 @@ Every protocol trains with `configs/templates/intents.toml` as a new user copies
 name changes, and what the protocol itself says: CLINC150's in-scope protocol excludes `oos`,
 its out-of-scope protocol turns on the validation-chosen `oos` threshold), through
 `dc.train.train_version` on the datasets' own splits, on the embedder the settings name
-(DC_ENCODER_EXTRA=use-m3 by default here: the composite; `--extra ""` for MiniLM alone):
+(`--extra`, DC_ENCODER_EXTRA: use-m3,mpnet by default here, the composite of all-MiniLM-L6-v2,
+multilingual USE v3 and all-mpnet-base-v2; `--extra ""` for MiniLM alone):
 
 - banking77: BANKING77 train (10% of each intent held out for validation), its test split;
 - banking77_10shot: 10 training phrases per intent (NumPy seed 0, `np.random.choice` without
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated")
     parser.add_argument(
-        "--extra", default="use-m3", help='DC_ENCODER_EXTRA for the run ("": MiniLM alone)'
+        "--extra", default="use-m3,mpnet", help='DC_ENCODER_EXTRA for the run ("": MiniLM alone)'
     )
     parser.add_argument(
         "--repeat", action="store_true", help="train the first protocol twice: same figures?"

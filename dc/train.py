@@ -4,7 +4,9 @@
 It stages everything in a hidden folder and renames it into place when complete (see
 `dc.artifacts` for the layout). The work itself is done by a `Trainer`, built from the config
 by `make_trainer`: it embeds texts through the `Embedder` client (local or remote, so cached
-phrases cost nothing), fits the head with early stopping on the validation loss, and scores it.
+phrases cost nothing), fits the head as `[training]` says (a seed ensemble of early-stopped
+members, each refitted on train + validation, one temperature fitted on validation; after an
+Optuna search of the head when `[tuning]` asks, `dc.tuning`), and scores it.
 
 Reproducibility: `build_head` seeds Python, NumPy and TensorFlow and every initializer and
 dropout layer, and `fit` shuffles from that seed, so the same config, data and embedder give

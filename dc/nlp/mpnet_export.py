@@ -181,7 +181,6 @@ def relative_position_buckets(length: int) -> np.ndarray:
 
 def build_graph(source: Path, config: dict):
     """The fp32 `onnx.ModelProto`: (input_ids, attention_mask) int64 -> embeddings float32."""
-    from onnx import TensorProto, helper
     from safetensors.numpy import load_file
 
     weights = load_file(str(source / "model.safetensors"))
@@ -191,7 +190,6 @@ def build_graph(source: Path, config: dict):
 
     length = g.op("Shape", "input_ids", start=1, end=2)  # [tokens], 1-D
     zero = g.const(np.array([0], np.int64))
-    one = g.const(np.array([1], np.int64))
     two = g.const(np.array([2], np.int64))
     first = _PADDING_IDX + 1
     positions = weights["embeddings.position_embeddings.weight"][first : first + MAX_TOKENS]
@@ -207,11 +205,7 @@ def build_graph(source: Path, config: dict):
     bias = g.op("Slice", g.const(bias, "position_bias"), zero, length, two)
     bias = g.op("Slice", bias, zero, length, g.const(np.array([3], np.int64)))
 
-    key_bias = g.op("Unsqueeze", "attention_mask", one)
-    key_bias = g.op("Unsqueeze", key_bias, two)
-    key_bias = g.op("Cast", key_bias, to=TensorProto.FLOAT)
-    key_bias = g.op("Sub", g.const(np.array(1.0, np.float32)), key_bias)
-    key_bias = g.op("Mul", key_bias, g.const(np.array(np.finfo(np.float32).min, np.float32)))
+    key_bias = g.padding_bias()
     bias = g.op("Add", bias, key_bias)  # [batch, heads, q, k]: position bias, then the mask
 
     split_heads = g.const(np.array([0, 0, heads, head_dim], np.int64))
@@ -242,29 +236,5 @@ def build_graph(source: Path, config: dict):
             eps,
         )
 
-    mask = g.op("Cast", "attention_mask", to=TensorProto.FLOAT)
-    weights_3d = g.op("Unsqueeze", mask, two)
-    summed = g.op("ReduceSum", g.op("Mul", x, weights_3d), one, keepdims=0)
-    count = g.op(
-        "Max", g.op("ReduceSum", mask, one, keepdims=1), g.const(np.array(1e-9, np.float32))
-    )
-    mean = g.op("Div", summed, count)
-    norm = g.op("Sqrt", g.op("ReduceSum", g.op("Mul", mean, mean), one, keepdims=1))
-    norm = g.op("Max", norm, g.const(np.array(1e-12, np.float32)))
-    g.op("Div", mean, norm, output="embeddings")
-
-    graph = helper.make_graph(
-        g.nodes,
-        MODEL_NAME,
-        inputs=[
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
-        ],
-        outputs=[helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", hidden])],
-        initializer=g.initializers,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dc"
-    )
-    model.ir_version = 8
-    return model
+    g.pool_and_normalise(x)
+    return g.model(MODEL_NAME, hidden)

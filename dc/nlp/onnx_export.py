@@ -124,7 +124,6 @@ def onnx_current(out_dir: str | os.PathLike, fingerprint: str) -> bool:
 
 def build_graph(source: Path, config: dict):
     """The fp32 ``onnx.ModelProto``: (input_ids, attention_mask) int64 -> embeddings float32."""
-    from onnx import TensorProto, helper
     from safetensors.numpy import load_file
 
     weights = load_file(str(source / "model.safetensors"))
@@ -146,11 +145,7 @@ def build_graph(source: Path, config: dict):
 
     # Additive mask as in transformers: padded keys get float32 min, so softmax gives them 0.
     # (Unsqueeze, Unsqueeze, Cast, Sub, Mul: the mask path ONNX Runtime's attention fusion knows.)
-    key_bias = g.op("Unsqueeze", "attention_mask", g.const(np.array([1], np.int64)))
-    key_bias = g.op("Unsqueeze", key_bias, g.const(np.array([2], np.int64)))
-    key_bias = g.op("Cast", key_bias, to=TensorProto.FLOAT)
-    key_bias = g.op("Sub", g.const(np.array(1.0, np.float32)), key_bias)
-    key_bias = g.op("Mul", key_bias, g.const(np.array(np.finfo(np.float32).min, np.float32)))
+    key_bias = g.padding_bias()
 
     split_heads = g.const(np.array([0, 0, heads, head_dim], np.int64))
     merge_heads = g.const(np.array([0, 0, hidden], np.int64))
@@ -187,34 +182,8 @@ def build_graph(source: Path, config: dict):
         out = project("output.dense", inner)
         x = g.layer_norm(g.op("Add", out, x), weights, f"{prefix}.output.LayerNorm", eps)
 
-    # Mean pooling over real tokens, then L2 normalisation.
-    mask = g.op("Cast", "attention_mask", to=TensorProto.FLOAT)
-    weights_3d = g.op("Unsqueeze", mask, g.const(np.array([2], np.int64)))
-    axis_1 = g.const(np.array([1], np.int64))
-    summed = g.op("ReduceSum", g.op("Mul", x, weights_3d), axis_1, keepdims=0)
-    count = g.op(
-        "Max", g.op("ReduceSum", mask, axis_1, keepdims=1), g.const(np.array(1e-9, np.float32))
-    )
-    mean = g.op("Div", summed, count)
-    norm = g.op("Sqrt", g.op("ReduceSum", g.op("Mul", mean, mean), axis_1, keepdims=1))
-    norm = g.op("Max", norm, g.const(np.array(1e-12, np.float32)))
-    g.op("Div", mean, norm, output="embeddings")
-
-    graph = helper.make_graph(
-        g.nodes,
-        MODEL_NAME,
-        inputs=[
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
-        ],
-        outputs=[helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", hidden])],
-        initializer=g.initializers,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dc"
-    )
-    model.ir_version = 8  # opset 17's IR: readable by every ONNX Runtime since 1.12
-    return model
+    g.pool_and_normalise(x)
+    return g.model(MODEL_NAME, hidden)
 
 
 class _GraphBuilder:
@@ -254,6 +223,60 @@ class _GraphBuilder:
         gamma = self.const(weights[f"{name}.weight"], name.replace(".", "_") + "_gamma")
         beta = self.const(weights[f"{name}.bias"], name.replace(".", "_") + "_beta")
         return self.op("LayerNormalization", x, gamma, beta, axis=-1, epsilon=eps)
+
+    def padding_bias(self) -> str:
+        """The additive mask as in transformers, [batch, 1, 1, tokens]: padded keys get float32
+        min, so softmax gives them 0 (Unsqueeze, Unsqueeze, Cast, Sub, Mul: the mask path ONNX
+        Runtime's attention fusion knows)."""
+        from onnx import TensorProto
+
+        key_bias = self.op("Unsqueeze", "attention_mask", self.const(np.array([1], np.int64)))
+        key_bias = self.op("Unsqueeze", key_bias, self.const(np.array([2], np.int64)))
+        key_bias = self.op("Cast", key_bias, to=TensorProto.FLOAT)
+        key_bias = self.op("Sub", self.const(np.array(1.0, np.float32)), key_bias)
+        return self.op("Mul", key_bias, self.const(np.array(np.finfo(np.float32).min, np.float32)))
+
+    def pool_and_normalise(self, x: str) -> None:
+        """Mean pooling of `x` over real tokens, then L2 normalisation, into "embeddings"."""
+        from onnx import TensorProto
+
+        mask = self.op("Cast", "attention_mask", to=TensorProto.FLOAT)
+        weights_3d = self.op("Unsqueeze", mask, self.const(np.array([2], np.int64)))
+        axis_1 = self.const(np.array([1], np.int64))
+        summed = self.op("ReduceSum", self.op("Mul", x, weights_3d), axis_1, keepdims=0)
+        count = self.op(
+            "Max",
+            self.op("ReduceSum", mask, axis_1, keepdims=1),
+            self.const(np.array(1e-9, np.float32)),
+        )
+        mean = self.op("Div", summed, count)
+        norm = self.op("Sqrt", self.op("ReduceSum", self.op("Mul", mean, mean), axis_1, keepdims=1))
+        norm = self.op("Max", norm, self.const(np.array(1e-12, np.float32)))
+        self.op("Div", mean, norm, output="embeddings")
+
+    def model(self, name: str, hidden: int):
+        """The `onnx.ModelProto`: (input_ids, attention_mask) int64 -> embeddings float32."""
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph(
+            self.nodes,
+            name,
+            inputs=[
+                helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+                helper.make_tensor_value_info(
+                    "attention_mask", TensorProto.INT64, ["batch", "tokens"]
+                ),
+            ],
+            outputs=[
+                helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", hidden])
+            ],
+            initializer=self.initializers,
+        )
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dc"
+        )
+        model.ir_version = 8  # opset 17's IR: readable by every ONNX Runtime since 1.12
+        return model
 
     def gelu(self, x: str) -> str:
         """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), in the pattern ONNX Runtime fuses."""
