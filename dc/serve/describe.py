@@ -101,7 +101,12 @@ def describe_state(state: ModelState) -> dict[str, Any]:
         "classes": shown.classes if shown else None,
         "metrics": shown.metrics if shown else state.row["metrics"],
         "loaded_at": iso(state.loaded_at) if shown else None,
-        "serving_rule": shown.rule.model_dump(mode="json") if shown else None,
+        # What the rule does when serving; choose_threshold and fallback_share were training's.
+        "serving_rule": (
+            shown.rule.model_dump(mode="json", include={"fallback_label", "min_probability"})
+            if shown
+            else None
+        ),
     }
 
 
