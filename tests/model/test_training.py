@@ -329,3 +329,47 @@ def test_two_configs_with_one_name_are_rejected(tmp_path):
         (tmp_path / file).write_text('[model]\nname = "same"\n')
     with pytest.raises(InvalidInput, match="declared twice"):
         load_configs(tmp_path)
+
+
+def test_tuning_and_a_threshold_chosen_on_validation(trained, tmp_path):
+    """[tuning] searches the head on validation (seeded: the same search twice), and
+    choose_threshold records the chosen min_probability and the rule's figures."""
+    from dc.postprocessing import DEFAULT_GRID
+    from dc.train import train_version
+
+    _, _, settings, raw, embedder = trained
+    fallback = sorted(raw["label"].unique())[0]  # a class, with validation rows
+    base = tiny_config().as_dict()
+    base["training"].update(ensemble=2, epochs=4)
+    base["tuning"] = {"trials": 2, "units": [16, 32]}
+    base["serving"] = {"fallback_label": fallback, "choose_threshold": True}
+    config = ModelConfig.model_validate(base)
+    runs = []
+    for folder in ("a", "b"):
+        run_settings = settings.model_copy(update={"artifacts_dir": str(tmp_path / folder)})
+        runs.append(train_version(config, run_settings, embedder, raw, VERSION, progress=False))
+    manifest = runs[0].manifest
+    tuning = manifest["tuning"]
+    assert [trial["number"] for trial in tuning["trials"]] == [1, 2]
+    assert tuning["best"]["units"] in (16, 32)
+    assert manifest["config"]["head"]["units"] == tuning["best"]["units"]
+    assert manifest["architecture"] == f"mlp-1x{tuning['best']['units']}"
+    assert tuning["best"] == runs[1].manifest["tuning"]["best"]
+    assert "tune" in manifest["seconds"]
+    chosen = manifest["config"]["serving"]["min_probability"]
+    assert chosen in {0.0, *DEFAULT_GRID}
+    rule = manifest["metrics"]["rule"]
+    assert set(rule) == {"validation", "test"}
+    assert rule["test"]["threshold"] == chosen
+    assert 0 <= rule["test"]["fallback_recall"] <= 1
+
+    missing = base | {"serving": {"fallback_label": "not_a_class", "choose_threshold": True}}
+    with pytest.raises(InvalidInput, match="choose_threshold needs fallback_label"):
+        train_version(
+            ModelConfig.model_validate(missing | {"tuning": {"trials": 0}}),
+            settings.model_copy(update={"artifacts_dir": str(tmp_path / "c")}),
+            embedder,
+            raw,
+            VERSION,
+            progress=False,
+        )
