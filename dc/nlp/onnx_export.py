@@ -33,6 +33,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -129,7 +130,7 @@ def build_graph(source: Path, config: dict):
     weights = load_file(str(source / "model.safetensors"))
     g = _GraphBuilder()
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
-    head_dim, eps = hidden // heads, float(config["layer_norm_eps"])
+    eps = float(config["layer_norm_eps"])
 
     # Embeddings: word + position + token type 0 (folded into the position table), LayerNorm.
     positions = weights["embeddings.position_embeddings.weight"][:MAX_TOKENS]
@@ -147,43 +148,36 @@ def build_graph(source: Path, config: dict):
     # (Unsqueeze, Unsqueeze, Cast, Sub, Mul: the mask path ONNX Runtime's attention fusion knows.)
     key_bias = g.padding_bias()
 
-    split_heads = g.const(np.array([0, 0, heads, head_dim], np.int64))
-    merge_heads = g.const(np.array([0, 0, hidden], np.int64))
-    scale = g.const(np.array(math.sqrt(head_dim), np.float32))
-    for i in range(config["num_hidden_layers"]):
-        prefix = f"encoder.layer.{i}"
-
-        def project(name, value, prefix=prefix):
-            return g.dense(value, weights, f"{prefix}.{name}")
-
-        query = g.op(
-            "Transpose",
-            g.op("Reshape", project("attention.self.query", x), split_heads),
-            perm=[0, 2, 1, 3],
-        )
-        key = g.op(
-            "Transpose",
-            g.op("Reshape", project("attention.self.key", x), split_heads),
-            perm=[0, 2, 3, 1],
-        )
-        value = g.op(
-            "Transpose",
-            g.op("Reshape", project("attention.self.value", x), split_heads),
-            perm=[0, 2, 1, 3],
-        )
-        scores = g.op("Add", g.op("Div", g.op("MatMul", query, key), scale), key_bias)
-        context = g.op("MatMul", g.op("Softmax", scores, axis=-1), value)
-        context = g.op("Reshape", g.op("Transpose", context, perm=[0, 2, 1, 3]), merge_heads)
-        attended = project("attention.output.dense", context)
-        x = g.layer_norm(
-            g.op("Add", attended, x), weights, f"{prefix}.attention.output.LayerNorm", eps
-        )
-        inner = g.gelu(project("intermediate.dense", x))
-        out = project("output.dense", inner)
-        x = g.layer_norm(g.op("Add", out, x), weights, f"{prefix}.output.LayerNorm", eps)
+    layers = [f"encoder.layer.{i}" for i in range(config["num_hidden_layers"])]
+    x = g.encoder_layers(x, weights, layers, BERT_LAYER, key_bias, heads, hidden, eps)
 
     g.pool_and_normalise(x)
     return g.model(MODEL_NAME, hidden)
+
+
+class LayerNames(NamedTuple):
+    """Where one post-LayerNorm transformer layer keeps its weights (after its prefix)."""
+
+    query: str
+    key: str
+    value: str
+    attention_output: str
+    attention_norm: str
+    intermediate: str
+    output: str
+    output_norm: str
+
+
+BERT_LAYER = LayerNames(
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "attention.output.LayerNorm",
+    "intermediate.dense",
+    "output.dense",
+    "output.LayerNorm",
+)
 
 
 class _GraphBuilder:
@@ -223,6 +217,53 @@ class _GraphBuilder:
         gamma = self.const(weights[f"{name}.weight"], name.replace(".", "_") + "_gamma")
         beta = self.const(weights[f"{name}.bias"], name.replace(".", "_") + "_beta")
         return self.op("LayerNormalization", x, gamma, beta, axis=-1, epsilon=eps)
+
+    def encoder_layers(
+        self,
+        x: str,
+        weights: dict,
+        prefixes: list[str],
+        names: LayerNames,
+        bias: str,
+        heads: int,
+        hidden: int,
+        eps: float,
+    ) -> str:
+        """Post-LayerNorm transformer layers (self-attention with the additive `bias` on its
+        scaled scores, exact-GELU feed-forward), one per weight prefix, in the reference BERT
+        layout that ONNX Runtime's attention fusion recognises."""
+        head_dim = hidden // heads
+        split_heads = self.const(np.array([0, 0, heads, head_dim], np.int64))
+        merge_heads = self.const(np.array([0, 0, hidden], np.int64))
+        scale = self.const(np.array(math.sqrt(head_dim), np.float32))
+        for prefix in prefixes:
+
+            def project(name, value, prefix=prefix):
+                return self.dense(value, weights, f"{prefix}.{name}")
+
+            def heads_of(name, perm, x=x):
+                return self.op(
+                    "Transpose", self.op("Reshape", project(name, x), split_heads), perm=perm
+                )
+
+            query = heads_of(names.query, [0, 2, 1, 3])
+            key = heads_of(names.key, [0, 2, 3, 1])
+            value = heads_of(names.value, [0, 2, 1, 3])
+            scores = self.op("Add", self.op("Div", self.op("MatMul", query, key), scale), bias)
+            context = self.op("MatMul", self.op("Softmax", scores, axis=-1), value)
+            context = self.op(
+                "Reshape", self.op("Transpose", context, perm=[0, 2, 1, 3]), merge_heads
+            )
+            attended = project(names.attention_output, context)
+            x = self.layer_norm(
+                self.op("Add", attended, x), weights, f"{prefix}.{names.attention_norm}", eps
+            )
+            inner = self.gelu(project(names.intermediate, x))
+            out = project(names.output, inner)
+            x = self.layer_norm(
+                self.op("Add", out, x), weights, f"{prefix}.{names.output_norm}", eps
+            )
+        return x
 
     def padding_bias(self) -> str:
         """The additive mask as in transformers, [batch, 1, 1, tokens]: padded keys get float32
