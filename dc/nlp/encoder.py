@@ -32,7 +32,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     from dc.config import Settings
-    from dc.nlp.backends.usem3 import Component
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +141,7 @@ def load_encoder(
     return encoder
 
 
-def compose(main: Encoder, components: Sequence[Component]) -> Encoder:
+def compose(main: Encoder, components: Sequence[Encoder]) -> Encoder:
     """``main`` with each component's vector concatenated after its own, in order.
 
     Each part keeps its own scale (every encoder here gives unit vectors), so a head sees each
@@ -150,19 +149,16 @@ def compose(main: Encoder, components: Sequence[Component]) -> Encoder:
     order: a head trained on the composite serves on nothing else, and the phrase cache never
     mixes its vectors with a part's.
     """
-    parts = [main.fingerprint, *(component.fingerprint for component in components)]
-    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-    embeds = [main._embed, *(component.embed for component in components)]
+    parts = [main, *components]
+    digest = hashlib.sha256("\n".join(part.fingerprint for part in parts).encode()).hexdigest()
 
     def embed(texts: list[str]) -> np.ndarray:
-        return np.concatenate(
-            [np.asarray(part(texts), dtype=np.float32) for part in embeds], axis=1
-        )
+        return np.concatenate([part.encode(texts) for part in parts], axis=1)
 
     return Encoder(
-        name="+".join([main.name, *(component.name for component in components)]),
-        fingerprint=f"composite-{digest}",
-        dimension=main.dimension + sum(component.dimension for component in components),
+        name="+".join(part.name for part in parts),
+        fingerprint=f"composite-{digest[:16]}",
+        dimension=sum(part.dimension for part in parts),
         handle=main.handle,
         backend=main.backend,
         _embed=embed,
@@ -171,25 +167,27 @@ def compose(main: Encoder, components: Sequence[Component]) -> Encoder:
 
 def _load_component(
     name: str, handle: str, intra_op_threads: int, inter_op_threads: int, length_batch: int
-) -> Component:
+) -> Encoder:
     """One part of a composite: `use-m3` from its package; `mpnet`, all-mpnet-base-v2's ONNX
     export beside the main export folder (`dc.nlp.mpnet_export`), on the main's threads."""
-    from dc.nlp.backends.usem3 import Component, load_usem3
-
     if name == "use-m3":
-        return load_usem3()
+        from dc.nlp.backends import usem3
+
+        embed, fingerprint = usem3.load_usem3()
+        return Encoder(usem3.NAME, fingerprint, usem3.DIMENSION, usem3.PACKAGE, "numpy", embed)
     if name == "mpnet":
         from dc.nlp.backends.onnx import load_onnx
         from dc.nlp.mpnet_export import export_dir
 
+        folder = str(export_dir(handle))
         model = load_onnx(
-            str(export_dir(handle)),
+            folder,
             "fp32",
             intra_op_threads=intra_op_threads,
             inter_op_threads=max(1, inter_op_threads),
             length_batch=length_batch,
         )
-        return Component(model.embed, "mpnet", model.fingerprint, model.dimension)
+        return Encoder("mpnet", model.fingerprint, model.dimension, folder, "onnx", model.embed)
     raise ValueError(f"unknown encoder component {name!r}")  # load_encoder checked the name
 
 

