@@ -69,7 +69,6 @@ class FitResult:
     # The calibrated ensemble of the early-stopped members on the validation split: the honest
     # validation figures (the refitted members have seen those rows) and the threshold's data.
     validation_probabilities: np.ndarray
-    best_val_loss: float  # the first member's
 
 
 @dataclass
@@ -208,7 +207,7 @@ class Trainer:
         for index in range(training.ensemble):
             seed = training.seed + index
             label = f"{index + 1}/{training.ensemble}" if training.ensemble > 1 else ""
-            model, table = self._fit_member(
+            model, table = self.fit_member(
                 x_train, y_train, num_classes, seed, training.epochs, (x_val, y_val), label
             )
             best_epoch = int(table["val_loss"].idxmin()) + 1
@@ -217,12 +216,12 @@ class Trainer:
                 "seed": seed,
                 "epochs_run": len(table),
                 "best_epoch": best_epoch,
-                "best_val_loss": round(float(table["val_loss"].min()), 6),
+                "best_val_loss": float(table["val_loss"].min()),
             }
             table.insert(0, "member", index + 1)
             tables.append(table)
             if training.refit:
-                model, _ = self._fit_member(
+                model, _ = self.fit_member(
                     x_all, y_all, num_classes, seed, best_epoch, None, f"{label} refit".strip()
                 )
                 member["refit_epochs"] = best_epoch
@@ -232,7 +231,6 @@ class Trainer:
         head = build_ensemble(members, temperature)
         seconds = time.perf_counter() - started
         history = pd.concat(tables, ignore_index=True)
-        first = tables[0]
         log.info(
             "%s: %d member(s)%s in %.1f s, best epochs %s, temperature %.3f",
             self.config.name,
@@ -250,10 +248,9 @@ class Trainer:
             members=fits,
             temperature=temperature,
             validation_probabilities=scale_probabilities(validation_members, temperature),
-            best_val_loss=float(first["val_loss"].min()),
         )
 
-    def _fit_member(
+    def fit_member(
         self,
         x: np.ndarray,
         y: np.ndarray,
@@ -328,9 +325,17 @@ class Trainer:
         Returns:
             (Evaluation, predicted class ids).
         """
-        probabilities = self.predict_proba(model, x)
-        predicted = probabilities.argmax(axis=1)
-        return evaluate(y, predicted, labels, probabilities.max(axis=1)), predicted
+        return score_probabilities(self.predict_proba(model, x), y, labels)
+
+
+def score_probabilities(probabilities: np.ndarray, y: np.ndarray, labels: Sequence[str]):
+    """Score class probabilities [n, classes] against class ids `y`.
+
+    Returns:
+        (Evaluation, predicted class ids): the top class, its probability as the confidence.
+    """
+    predicted = probabilities.argmax(axis=1)
+    return evaluate(y, predicted, labels, probabilities.max(axis=1)), predicted
 
 
 def _epoch_progress(
@@ -461,22 +466,22 @@ def train_version(
         )
         clock.lap("train")
 
-        config, rule_metrics = _settle_rule(config, fitted, vectors, targets, labels)
+        probabilities = {
+            "train": trainer.predict_proba(fitted.model, vectors["train"]),
+            # The early-stopped members' calibrated ensemble: the refitted head has been fitted
+            # on these rows, so its own validation figures would flatter it.
+            "validation": fitted.validation_probabilities,
+            "test": trainer.predict_proba(fitted.model, vectors["test"]),
+        }
+        config, rule_metrics = _settle_rule(config, probabilities, targets, labels)
 
         head_dir = artifacts.model_dir(stage, config.architecture)
         reports = head_dir / artifacts.REPORTS_DIR
         reports.mkdir(parents=True)
         scores: dict[str, Evaluation] = {}
         for name in ("train", "validation", "test"):
-            if name == "validation":
-                # The early-stopped members' calibrated ensemble: the refitted head has been
-                # fitted on these rows, so its own validation figures would flatter it.
-                probabilities = fitted.validation_probabilities
-                predicted = probabilities.argmax(axis=1)
-                scores[name] = evaluate(targets[name], predicted, labels, probabilities.max(axis=1))
-                continue
-            scores[name], predicted = trainer.score(
-                fitted.model, vectors[name], targets[name], labels
+            scores[name], predicted = score_probabilities(
+                probabilities[name], targets[name], labels
             )
             if name == "test":
                 plot_confusion_matrix(
@@ -542,7 +547,7 @@ def train_version(
             "training": {
                 "epochs_run": fitted.members[0]["epochs_run"],
                 "best_epoch": fitted.best_epoch,
-                "best_val_loss": fitted.best_val_loss,
+                "best_val_loss": fitted.members[0]["best_val_loss"],
                 "members": fitted.members,
                 "temperature": fitted.temperature,
                 "seconds_fit": round(fitted.seconds, 3),
@@ -576,8 +581,7 @@ def train_version(
 
 def _settle_rule(
     config: ModelConfig,
-    fitted: FitResult,
-    vectors: dict[str, np.ndarray],
+    probabilities: dict[str, np.ndarray],
     targets: dict[str, np.ndarray],
     labels: list[str],
 ) -> tuple[ModelConfig, dict[str, dict[str, float]]]:
@@ -604,7 +608,7 @@ def _settle_rule(
     if rule.choose_threshold:
         try:
             choice = choose_threshold(
-                fitted.validation_probabilities,
+                probabilities["validation"],
                 targets["validation"],
                 labels,
                 rule.fallback_label,
@@ -622,12 +626,9 @@ def _settle_rule(
             choice.baseline,
         )
     index = labels.index(rule.fallback_label)
-    test = fitted.model.predict(vectors["test"], batch_size=PREDICT_BATCH, verbose=0)
     figures = {
-        "validation": threshold_scores(
-            fitted.validation_probabilities, targets["validation"], index, rule.min_probability
-        ),
-        "test": threshold_scores(test, targets["test"], index, rule.min_probability),
+        name: threshold_scores(probabilities[name], targets[name], index, rule.min_probability)
+        for name in ("validation", "test")
     }
     return config, figures
 

@@ -73,7 +73,7 @@ def tune_head(
         }
         head = config.head.model_copy(update=params)
         candidate = trainer.with_config(config.model_copy(update={"head": head}))
-        _, table = candidate._fit_member(
+        _, table = candidate.fit_member(
             x_train,
             y_train,
             num_classes,
