@@ -120,12 +120,11 @@ class Head:
                 f"model {self.name!r} takes vectors of dimension {self.dimension}, got an array "
                 f"of shape {np.shape(vectors)}"
             )
-        if len(self.members) == 1:
-            return _run_chain(self.members[0], x)
         total = _run_chain(self.members[0], x)
         for member in self.members[1:]:
             total += _run_chain(member, x)
-        total /= len(self.members)
+        if len(self.members) > 1:
+            total /= len(self.members)
         return total
 
 
@@ -352,18 +351,21 @@ def _inputs_of(path: Path, spec: dict) -> list[str]:
 
 def _history_names(value: Any) -> list[str]:
     """The layer names of the Keras tensors in a config value (a tensor, or a list of them)."""
-    if isinstance(value, list) and len(value) == 3 and isinstance(value[0], str):
-        return [value[0]]  # one output: output_layers is the bare [name, node, tensor] triple
-    items = value if isinstance(value, list) else [value]
+    if not isinstance(value, list) or _is_triple(value):
+        value = [value]  # one tensor, or output_layers' bare [name, node, tensor] triple
     names = []
-    for item in items:
+    for item in value:
         if isinstance(item, Mapping) and item.get("class_name") == "__keras_tensor__":
             names.append(item["config"]["keras_history"][0])
-        elif isinstance(item, list) and len(item) == 3 and isinstance(item[0], str):
+        elif _is_triple(item):
             names.append(item[0])  # output_layers' [name, node, tensor] triples
         else:
             return []
     return names
+
+
+def _is_triple(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 3 and isinstance(value[0], str)
 
 
 def _dense(path: Path, config: dict, store: h5py.File, group_path: str) -> DenseLayer:
